@@ -1,0 +1,1 @@
+"""Models: local Hugging Face folders and the built-in default experiment model."""

@@ -1,0 +1,1 @@
+"""pytest plugin entry point (grows in the plugin issue). Imports nothing heavy."""
