@@ -36,11 +36,15 @@ class LoadedModel:
 
 def _check_folder(path: Path) -> dict:
     if not path.exists():
-        raise ModelLoadError(f"model path {str(path)!r} does not exist; pass a local folder "
-                             "written by save_pretrained, or 'builtin:tiny-opt'")
+        raise ModelLoadError(
+            f"model path {str(path)!r} does not exist; pass a local folder "
+            "written by save_pretrained, or 'builtin:tiny-opt'"
+        )
     if not path.is_dir():
-        raise ModelLoadError(f"model path {str(path)!r} is a file; pass the folder holding "
-                             "config.json, the weights and the tokenizer")
+        raise ModelLoadError(
+            f"model path {str(path)!r} is a file; pass the folder holding "
+            "config.json, the weights and the tokenizer"
+        )
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise ModelLoadError(f"{str(path)!r} has no config.json: not a save_pretrained folder")
@@ -49,9 +53,7 @@ def _check_folder(path: Path) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{cfg_file} is not readable JSON: {exc}") from exc
     if not any((path / f).is_file() for f in WEIGHT_FILES):
-        raise ModelLoadError(
-            f"{str(path)!r} has no weights (looked for {', '.join(WEIGHT_FILES)})"
-        )
+        raise ModelLoadError(f"{str(path)!r} has no weights (looked for {', '.join(WEIGHT_FILES)})")
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise ModelLoadError(
             f"{str(path)!r} has no tokenizer (looked for {', '.join(TOKENIZER_FILES)}); "

@@ -1,0 +1,1 @@
+"""Budgets: parse, plan, measure and enforce memory and time of heavy steps."""
