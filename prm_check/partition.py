@@ -28,7 +28,7 @@ RULE_COLUMN = {"obd": "obd", "hdiag": "hdiag_sum", "fisher": "fisher_sum", "cont
 
 
 def apply_sign(x: np.ndarray, sign: str) -> np.ndarray:
-    """``abs``: magnitude counts; ``positive``: negative curvature counts as none; ``signed``: raw."""
+    """``abs``: magnitude counts; ``positive``: negative curvature counts as 0; ``signed``: raw."""
     if sign == "abs":
         return np.abs(x)
     if sign == "positive":
