@@ -208,7 +208,7 @@ def stage_assets(spec, out: Path, up: dict, model_override, progress) -> dict:
 
 
 def stage_baseline(spec, out: Path, up: dict, model_override, progress) -> dict:
-    from prm_check.privacy import evaluate_privacy, perplexity
+    from prm_check.privacy import evaluate_privacy
 
     inp = load_inputs(spec, model_override)
     s = inp.splits
@@ -224,12 +224,44 @@ def stage_baseline(spec, out: Path, up: dict, model_override, progress) -> dict:
         n_boot=spec.sweep.n_boot,
         seed=spec.sweep.seed,
     )
-    d = {"data": "real", **rep.as_dict()}
-    if inp.reference_model is not None:
-        d["ppl_reference"] = perplexity(
-            inp.reference_model, inp.tokenizer, _subset(s.corpus_eval, spec.data.ppl_eval_texts)
-        )
-    return d
+    return baseline_section(rep.as_dict())
+
+
+def baseline_section(rep: dict) -> dict:
+    """The privacy report in the results.json schema (docs/results-schema.md)."""
+    attacks = {}
+    for name, a in rep["attacks"].items():
+        auc = a["auc"]
+        attacks[name] = {
+            "auc": auc["auc"],
+            "ci_low": auc["ci_low"],
+            "ci_high": auc["ci_high"],
+            "n_members": auc["n_members"],
+            "n_nonmembers": auc["n_nonmembers"],
+            "tpr_at_fpr": {repr(t["fpr"]): t for t in a["tpr"]},
+        }
+    exposure = {
+        r: {
+            "mean": e["mean_rank_exposure"],
+            "min": e["min_rank_exposure"],
+            "max": e["max_rank_exposure"],
+            "mean_skewnorm": e["mean_skewnorm_exposure"],
+            "n": e["n_canaries"],
+            "max_possible": e["max_possible_rank_exposure"],
+        }
+        for r, e in (rep.get("exposure") or {}).items()
+    }
+    bow = rep["bag_of_words"]
+    return {
+        "data": "real",
+        "ppl": rep["perplexity"],
+        "ppl_reference": rep["reference_perplexity"],
+        "n_members": rep["n_members"],
+        "n_nonmembers": rep["n_nonmembers"],
+        "attacks": attacks,
+        "exposure": exposure,
+        "bow_auc": {"auc": bow["auc"], "ci_low": bow["ci_low"], "ci_high": bow["ci_high"]},
+    }
 
 
 def stage_curvature(spec, out: Path, up: dict, model_override, progress) -> dict:
@@ -765,7 +797,7 @@ def run_experiment(
     report: bool = True,
 ) -> RunResult:
     """Run (or resume) every stage, then write results.json, results.csv, units.csv, report."""
-    from prm_check.checks import evaluate_checks
+    from prm_check.observe import evaluate_checks
     from prm_check.results import assemble_results, write_outputs
 
     out_dir = Path(out_dir)
