@@ -7,6 +7,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.prm_check-installed
 CONSTRAINTS := $(VENV)/constraints.txt
 PYTEST_ARGS ?=
+RUN_ARGS    ?=
 
 .PHONY: run test bench lint format clean setup
 
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/prm-check run
+	$(BIN)/prm-check run experiments/default.prm.toml $(RUN_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
