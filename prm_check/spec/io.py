@@ -7,6 +7,7 @@ is reported and what was asked for cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -72,12 +73,7 @@ def default_spec() -> ExperimentSpec:
 def spec_from_dict(data: Mapping[str, Any], source: str | None = None) -> ExperimentSpec:
     """Validate a plain dict (parsed TOML or JSON) into a spec; unknown keys are errors."""
     spec = build(ExperimentSpec, data, "")
-    return spec if source is None else _with_source(spec, source)
-
-
-def _with_source(spec: ExperimentSpec, source: str) -> ExperimentSpec:
-    object.__setattr__(spec, "source_path", source)  # not validated, not compared
-    return spec
+    return spec if source is None else dataclasses.replace(spec, source_path=source)
 
 
 def spec_to_dict(spec: ExperimentSpec) -> dict[str, Any]:

@@ -57,6 +57,7 @@ FIDELITY_VARIANTS = ("legacy", "calibrated")
 STAGES = ("assets", "curvature", "partition", "sweep", "fidelity", "report")
 PROFILES = ("quick", "full")
 SEED = Integer(0, 2**63 - 1)
+_PATH = r"(?s)[^\s\x00](?:[^\x00]*[^\s\x00])?"  # no NUL, no surrounding whitespace
 NAME = Text(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "a name of letters, digits, '_', '.', '-'")
 
 
@@ -69,7 +70,7 @@ class ModelSpec:
     built-in model only: ``planted`` (true sensitive units known) or ``full``.
     """
 
-    source: str = spec_field("builtin:tiny-opt", Text(r"\S(.*\S)?", "'builtin:<name>' or a path"))
+    source: str = spec_field("builtin:tiny-opt", Text(_PATH, "'builtin:<name>' or a path"))
     variant: str = spec_field("planted", Choice(VARIANTS))
     seed: int = spec_field(0, SEED)
     dtype: str = spec_field("float32", Choice(DTYPES))
