@@ -1,0 +1,1 @@
+"""Reports: atomic JSON/CSV stores, one function per figure, the HTML index."""
