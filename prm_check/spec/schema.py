@@ -133,6 +133,9 @@ class CurvatureSpec:
     top_k: int = spec_field(3, Integer(0, 50))  # Lanczos top eigenvalues; 0 = skip
     slq_probes: int = spec_field(4, Integer(0, 256))  # spectral density; 0 = skip
     slq_steps: int = spec_field(30, Integer(2, 1000))
+    # Whole-subset spectrum (top-k, SLQ) on the first micro-batches only: eigsh and Lanczos
+    # need tens of products each, and the spectrum's shape is what is reported.
+    spectrum_batches: int = spec_field(2, Integer(1, 100000))
 
     def __post_init__(self) -> None:
         validate_fields(self)
