@@ -3,7 +3,12 @@
 Linux: the kernel's high-water mark ``VmHWM`` after a reset through
 ``/proc/self/clear_refs`` (value 5) catches spikes that sampling misses. Elsewhere the
 fallback is ``ru_maxrss``, a process-lifetime peak: valid only in a fresh process (the
-guard's child), so ``Meter.exact`` says which one you got.
+guard's child), so ``Meter.exact`` says which one you got. ``psutil`` supplies the
+current RSS where ``/proc`` is missing.
+
+CUDA: ``torch.cuda.max_memory_allocated`` is the caching allocator's exact high-water
+mark (reset on entry), so no sampling thread is needed; memory reserved by the caching
+allocator but not allocated, and other processes' use, are not included.
 """
 
 from __future__ import annotations
@@ -24,6 +29,17 @@ def read_vm_hwm() -> int | None:
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def read_vm_data() -> int | None:
+    """Size of the private writable mappings (what ``RLIMIT_DATA`` counts), in bytes."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmData:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -102,6 +118,22 @@ class Meter:
             return int(torch.cuda.max_memory_allocated())
         return None
 
+    def measurement(
+        self, stage: str, memory_limit: int | None = None, time_limit: float | None = None
+    ) -> Measurement:
+        """Freeze this meter's readings into a :class:`Measurement` of ``stage``."""
+        return Measurement(
+            stage=stage,
+            peak_rss_bytes=self.peak_rss_bytes,
+            start_rss_bytes=self.start_rss_bytes,
+            wall_s=self.wall_s,
+            cpu_s=self.cpu_s,
+            cuda_peak_bytes=self.cuda_peak_bytes,
+            exact_peak=self.exact,
+            memory_limit=memory_limit,
+            time_limit=time_limit,
+        )
+
     def as_dict(self) -> dict:
         return {
             "peak_rss_bytes": self.peak_rss_bytes,
@@ -112,3 +144,35 @@ class Meter:
             "exact_peak": self.exact,
             "pid": os.getpid(),
         }
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one step cost: absolute peak RSS (bytes), RSS at its start, wall and CPU seconds.
+
+    ``isolated`` is True when the step ran in a guarded child; ``startup_s`` is then the
+    child's spawn + import time and ``total_wall_s`` the parent's view of the whole call.
+    """
+
+    stage: str
+    peak_rss_bytes: int
+    start_rss_bytes: int
+    wall_s: float
+    cpu_s: float
+    cuda_peak_bytes: int | None = None
+    exact_peak: bool = True
+    memory_limit: int | None = None
+    time_limit: float | None = None
+    isolated: bool = False
+    startup_s: float = 0.0
+    total_wall_s: float | None = None
+
+    @property
+    def peak_delta_bytes(self) -> int:
+        """Growth of RSS during the step (peak minus RSS at its start)."""
+        return max(0, self.peak_rss_bytes - self.start_rss_bytes)
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)

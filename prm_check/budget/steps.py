@@ -1,0 +1,141 @@
+"""Heavy steps the planner is calibrated on: gradient, HVP (rev / fwd), Lanczos, SLQ.
+
+Why here: the planner's constants must be re-derivable (``planner.calibrate``) on the
+machine at hand, by running exactly these steps in guarded children on random-weight OPT
+models built from a config (no download). Uses :mod:`prm_check.curvature` when it is
+importable; until then a stand-in with the same cost structure (reverse-over-reverse with
+one ``create_graph`` gradient reused for the probes, or ``jvp(grad)``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+METHODS = ("gradient", "hvp_rev", "hvp_fwd", "lanczos", "slq")
+DTYPES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+
+
+def build_model(config: dict[str, Any], dtype: str = "float32", seed: int = 0):
+    """A random-weight OPT of ``config`` (planner shape dict) in eval mode, eager attention."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = OPTConfig(
+        **config,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=2,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        layerdrop=0.0,
+    )
+    cfg._attn_implementation = "eager"
+    return OPTForCausalLM(cfg).eval().to(getattr(torch, dtype))
+
+
+def random_batch(vocab: int, batch: int, seq: int, seed: int = 0):
+    """A full (unpadded) batch of uniform random token ids: every position is a target."""
+    import torch
+
+    from prm_check.data.batching import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, seq), generator=g)
+    return Batch(ids, torch.ones_like(ids))
+
+
+def _loss(model, batch):
+    from prm_check.lm import batch_loss_sum
+
+    total, count = batch_loss_sum(model, batch)
+    return total / max(count, 1)
+
+
+def _rademacher(params, seed: int):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, 2, p.shape, generator=g) * 2 - 1).to(p.dtype) for p in params]
+
+
+def _hvps_rev(model, batch, params, probes: int, keep: int) -> list:
+    """``probes`` HVPs on one retained ``create_graph`` gradient; keeps ``keep`` results."""
+    import torch
+
+    grads = torch.autograd.grad(_loss(model, batch), params, create_graph=True)
+    kept = []
+    for k in range(probes):
+        v = _rademacher(params, k)
+        hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=k < probes - 1)
+        flat = torch.cat([h.reshape(-1) for h in hv])
+        del hv, v
+        if len(kept) < keep:
+            kept.append(flat)
+    return kept
+
+
+def _hvp_fwd(model, batch, params) -> None:
+    import torch
+    from torch.func import functional_call, grad, jvp
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+
+    def loss_of(ps):
+        out = functional_call(
+            model, dict(zip(names, ps, strict=True)), (), {"input_ids": batch.input_ids}
+        )
+        logits = out.logits[:, :-1, :]
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch.input_ids[:, 1:].reshape(-1)
+        )
+
+    primals = tuple(p.detach() for p in params)
+    jvp(grad(loss_of), (primals,), (tuple(_rademacher(params, 0)),))
+
+
+def run_step(
+    config: dict[str, Any],
+    method: str,
+    batch: int,
+    seq: int,
+    dtype: str = "float32",
+    probes: int = 1,
+    m: int = 0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Build the model, then run and meter one ``method`` step on ``batch`` x ``seq`` tokens.
+
+    Returns the step's own readings (model build excluded from ``wall_s``): absolute peak
+    RSS, RSS before the step, wall and CPU seconds, and the parameter count.
+    """
+    import torch
+
+    from prm_check.budget.meter import Meter
+
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} not in {METHODS}")
+    torch.set_grad_enabled(True)
+    model = build_model(config, dtype, seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    data = random_batch(config["vocab_size"], batch, seq, seed)
+    t0 = time.perf_counter()
+    with Meter() as meter:
+        if method == "gradient":
+            torch.autograd.grad(_loss(model, data), params)
+        elif method == "hvp_rev":
+            _hvps_rev(model, data, params, probes, keep=0)
+        elif method == "hvp_fwd":
+            for _ in range(probes):
+                _hvp_fwd(model, data, params)
+        else:  # Lanczos / one SLQ probe: m matvecs, the Krylov basis of m vectors kept
+            _hvps_rev(model, data, params, max(m, 1), keep=max(m, 1))
+    return {
+        "peak_rss_bytes": float(meter.peak_rss_bytes),
+        "start_rss_bytes": float(meter.start_rss_bytes),
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": meter.cpu_s,
+        "n_params": float(sum(p.numel() for p in params)),
+    }
