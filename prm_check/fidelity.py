@@ -279,8 +279,8 @@ def compare_features(
         raise SpecError("fidelity.n_permutations", n_permutations, "an integer >= 1")
     if max_rows < 2:
         raise SpecError("fidelity.max_rows", max_rows, "an integer >= 2")
-    sv, scols, sg, sids = _as_table(synthetic, "synthetic")
-    rv, rcols, rg, rids = _as_table(real, "real")
+    sv, scols, sg, sids = as_table(synthetic, "synthetic")
+    rv, rcols, rg, rids = as_table(real, "real")
     sg = _groups(synthetic_groups if synthetic_groups is not None else sg, len(sv), "synthetic")
     rg = _groups(real_groups if real_groups is not None else rg, len(rv), "real")
 
@@ -480,8 +480,11 @@ def _verdict(
     return Measure(name, float(value), threshold, op, bool(ok), detail)
 
 
-def _as_table(obj: Any, side: str) -> tuple[np.ndarray, list[str], Any, Any]:
-    """(values, columns, groups or None, unit_ids or None) from a tuple or a duck-typed table."""
+def as_table(obj: Any, side: str) -> tuple[np.ndarray, list[str], Any, Any]:
+    """(values, columns, groups or None, unit_ids or None) from a tuple or a duck-typed table.
+
+    ``side`` ("synthetic" / "real") names the table in error messages.
+    """
     groups = ids = None
     if isinstance(obj, tuple) and len(obj) in (2, 3):
         values, columns = obj[0], obj[1]

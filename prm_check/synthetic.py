@@ -15,13 +15,16 @@ Every dict produced here carries ``"data": "synthetic"``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from prm_check.errors import DataError
+from prm_check.fidelity import FidelityReport, FidelityThresholds, as_table, compare_features
 
 SYNTHETIC = "synthetic"
 
@@ -257,3 +260,123 @@ def calibrated_synthetic(
             cov = cov + jitter * np.eye(d)
         out[idx] = rng.multivariate_normal(mean, cov, size=len(idx), method="eigh")
     return out, cols, labels
+
+
+# ---------------------------------------------------------------- the one call for a run
+
+
+@dataclass(frozen=True)
+class BaselineFidelity:
+    """Both synthetic baselines compared against one real table: the results.json section."""
+
+    legacy: FidelityReport
+    calibrated: FidelityReport
+    legacy_column_map: dict[str, str]  # legacy feature -> the real column it stands in for
+    calibrated_partition: str  # how the calibrated table's groups were obtained
+    figures: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "data": {"synthetic": SYNTHETIC, "real": "real"},
+            "verdict": {
+                "legacy": "pass" if self.legacy.passed else "fail",
+                "calibrated": "pass" if self.calibrated.passed else "fail",
+            },
+            "legacy": self.legacy.as_dict(),
+            "calibrated": self.calibrated.as_dict(),
+            "legacy_column_map": dict(self.legacy_column_map),
+            "calibrated_partition": self.calibrated_partition,
+            "figures": dict(self.figures),
+        }
+
+
+def baseline_fidelity(
+    real: Any,
+    *,
+    real_groups: Sequence[str] | None = None,
+    real_prm: Sequence[Any] | None = None,
+    partition_rule: Callable[[np.ndarray, list[str]], Sequence[str]] | None = None,
+    legacy_columns: Sequence[str] | None = None,
+    thresholds: FidelityThresholds | None = None,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+) -> BaselineFidelity:
+    """Legacy and calibrated synthetic vs ``real`` in one call, figures into ``out_dir``.
+
+    * legacy: the recipe at seed 42; its 10 unnamed features are mapped onto the first 10
+      real non-SE, non-sparsity columns (or ``legacy_columns``) and its sparsity onto the
+      first real column whose name contains "sparsity"; the map is recorded. Its own
+      partition and 9 PRM rows are compared with ``real_groups`` (proportions) and
+      ``real_prm``. With only 20 units its p-value tests have little power: read the
+      Wasserstein distances beside them.
+    * calibrated: per-group Gaussians fitted to ``real`` (one group when no groups are
+      known). Its partition is compared only if ``partition_rule(values, columns)`` is
+      given - labels copied from the real table would agree by construction.
+
+    Figures: ``synthetic_vs_real.png`` (legacy) and ``synthetic_vs_real_calibrated.png``.
+    """
+    thresholds = thresholds if thresholds is not None else FidelityThresholds()
+    rv, rcols, rg, _ = as_table(real, "real")
+    groups = list(real_groups) if real_groups is not None else rg
+    groups = [str(g) for g in groups] if groups is not None else None
+
+    leg = legacy_recipe(42, embed=False)
+    col_map = _legacy_column_map(rcols, legacy_columns)
+    feat_names = [col_map.get(f"hessian_feature_{i}", f"legacy_unmatched_{i}") for i in range(10)]
+    lv, lc, lg = leg.feature_table(feat_names, col_map.get("sparsity", "legacy_sparsity"))
+    legacy_rep = compare_features(
+        (lv, lc, lg),
+        (rv, rcols),
+        thresholds=thresholds,
+        seed=seed,
+        real_groups=groups,
+        synthetic_prm=[r.as_dict() for r in leg.prm] if real_prm is not None else None,
+        real_prm=real_prm,
+        synthetic_name="legacy",
+    )
+
+    cal_groups = groups if groups is not None else ["all"] * len(rv)
+    cv, cc, _ = calibrated_synthetic(rv, rcols, cal_groups, seed=seed)
+    induced = None
+    how = "not compared: no partition_rule given"
+    if partition_rule is not None:
+        induced = [str(g) for g in partition_rule(cv, cc)]
+        how = "partition_rule applied to the calibrated features"
+    cal_rep = compare_features(
+        (cv, cc),
+        (rv, rcols),
+        thresholds=thresholds,
+        seed=seed,
+        synthetic_groups=induced,
+        real_groups=groups if induced is not None else None,
+        synthetic_name="calibrated",
+        units_matched=False,
+    )
+
+    figures: dict[str, str] = {}
+    if out_dir is not None:
+        from prm_check.report.plots_fidelity import plot_synthetic_vs_real
+
+        d = Path(out_dir)
+        figures["legacy"] = str(plot_synthetic_vs_real(legacy_rep, d / "synthetic_vs_real.png"))
+        figures["calibrated"] = str(
+            plot_synthetic_vs_real(cal_rep, d / "synthetic_vs_real_calibrated.png")
+        )
+    return BaselineFidelity(legacy_rep, cal_rep, col_map, how, figures)
+
+
+def _legacy_column_map(real_cols: list[str], chosen: Sequence[str] | None) -> dict[str, str]:
+    usable = [c for c in real_cols if not c.endswith("_se")]
+    sparsity = next((c for c in usable if "sparsity" in c), None)
+    if chosen is None:
+        chosen = [c for c in usable if c != sparsity][:N_FEATURES]
+    chosen = list(chosen)
+    if len(chosen) > N_FEATURES or len(set(chosen)) != len(chosen):
+        raise DataError(f"legacy_columns: at most {N_FEATURES} distinct names, got {chosen!r}")
+    missing = [c for c in chosen if c not in real_cols]
+    if missing:
+        raise DataError(f"legacy_columns not in the real table: {missing}")
+    out = {f"hessian_feature_{i}": c for i, c in enumerate(chosen)}
+    if sparsity is not None and sparsity not in chosen:
+        out["sparsity"] = sparsity
+    return out

@@ -25,7 +25,7 @@ from prm_check.fidelity import (
     group_tv_distance,
 )
 from prm_check.report.plots_fidelity import format_fidelity_table, plot_synthetic_vs_real
-from prm_check.synthetic import calibrated_synthetic, legacy_recipe
+from prm_check.synthetic import baseline_fidelity, calibrated_synthetic, legacy_recipe
 
 COLS = ["func_hdiag_sum", "func_obd", "sens_obd", "sens_grad_norm", "func_act_sparsity"]
 GROUPS = ("Wfunc", "Wsens", "Wboth", "Wnone")
@@ -263,11 +263,13 @@ def test_report_is_deterministic_and_json_ready() -> None:
 
 # ---------------------------------------------------------------- distance properties
 
+# rounded: values 1e-16 apart would merge under the real-side standardisation's round-off
+coords = st.floats(-100, 100, allow_nan=False).map(lambda v: round(v, 3))
 samples = st.integers(2, 12).flatmap(
     lambda n: st.integers(1, 3).flatmap(
         lambda d: st.tuples(
-            arrays(np.float64, (n, d), elements=st.floats(-100, 100, width=32)),
-            arrays(np.float64, (n + 1, d), elements=st.floats(-100, 100, width=32)),
+            arrays(np.float64, (n, d), elements=coords),
+            arrays(np.float64, (n + 1, d), elements=coords),
         )
     )
 )
@@ -365,3 +367,58 @@ def test_format_table_lists_every_measure(shifted_report) -> None:
     for m in shifted_report.measures:
         assert m.name in text
     assert "wasserstein:func_obd" in text and "FAIL" in text
+
+
+def test_format_table_from_results_json_dict(shifted_report) -> None:
+    d = json.loads(json.dumps(shifted_report.as_dict()))
+    assert format_fidelity_table(d) == format_fidelity_table(shifted_report)
+    with pytest.raises(DataError, match="not a fidelity report"):
+        format_fidelity_table({"measures": []})
+
+
+# ---------------------------------------------------------------- the single call
+
+
+def _top_q_rule(values: np.ndarray, columns: list[str]) -> list[str]:
+    f = values[:, columns.index("func_hdiag_sum")]
+    s = -values[:, columns.index("sens_obd")]
+    hf, hs = f > np.quantile(f, 0.7), s > np.quantile(s, 0.7)
+    names = {(True, False): "Wfunc", (False, True): "Wsens", (True, True): "Wboth"}
+    return [names.get((bool(a), bool(b)), "Wnone") for a, b in zip(hf, hs, strict=True)]
+
+
+def test_baseline_fidelity_single_call(tmp_path) -> None:
+    v, cols, _ = real_like(500, 21)
+    se = np.abs(v[:, :1]) * 0.05
+    real = (np.column_stack([v, se]), [*cols, "func_hdiag_sum_se"])
+    groups = _top_q_rule(v, cols)
+    res = baseline_fidelity(
+        real,
+        real_groups=groups,
+        real_prm=prm_rows(4),
+        partition_rule=_top_q_rule,
+        out_dir=tmp_path,
+    )
+    assert res.legacy.synthetic_name == "legacy" and res.legacy.n_synthetic == 20
+    assert res.legacy_column_map["sparsity"] == "func_act_sparsity"
+    assert "func_hdiag_sum_se" not in res.legacy_column_map.values()
+    assert res.legacy.prm is not None and res.legacy.partition["mode"] == "proportions"
+    assert res.calibrated.partition["mode"] == "proportions"
+    assert sorted(os.listdir(tmp_path)) == [
+        "synthetic_vs_real.png",
+        "synthetic_vs_real_calibrated.png",
+    ]
+    d = json.loads(json.dumps(res.as_dict(), allow_nan=False))
+    assert d["data"] == {"synthetic": "synthetic", "real": "real"}
+    assert set(d["verdict"]) == {"legacy", "calibrated"}
+    assert d["legacy"]["synthetic"]["data"] == "synthetic"
+
+
+def test_baseline_fidelity_without_groups_or_rule() -> None:
+    v, cols, _ = real_like(200, 22)
+    res = baseline_fidelity((v, cols))
+    assert res.legacy.partition is None and res.calibrated.partition is None
+    assert res.legacy.prm is None and res.figures == {}
+    assert "no partition_rule" in res.calibrated_partition
+    with pytest.raises(DataError, match="not in the real table"):
+        baseline_fidelity((v, cols), legacy_columns=["nope"])

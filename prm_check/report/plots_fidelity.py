@@ -76,22 +76,31 @@ def plot_synthetic_vs_real(report_or_inputs: Any, path: str | os.PathLike) -> Pa
     return out
 
 
-def format_fidelity_table(report: FidelityReport) -> str:
-    """Plain-text table of every measure and verdict, for ``prm-check compare``."""
-    rows = [
-        (m.name, _fmt(m.value), f"{m.op} {m.threshold:g}", _word(m.passed)) for m in report.measures
-    ]
+def format_fidelity_table(report: FidelityReport | Mapping[str, Any]) -> str:
+    """Plain-text table of every measure and verdict, for ``prm-check compare``.
+
+    Takes a :class:`FidelityReport` or its ``as_dict()`` as read back from results.json.
+    """
+    d = report.as_dict() if isinstance(report, FidelityReport) else report
+    try:
+        measures = list(d["measures"])
+        syn, real, verdict = d["synthetic"], d["real"], str(d["verdict"]).upper()
+        rows = [
+            (str(m["name"]), _fmt(m["value"]), f"{m['op']} {m['threshold']:g}", _word(m["passed"]))
+            for m in measures
+        ]
+    except (KeyError, TypeError) as e:
+        raise DataError(f"not a fidelity report (missing {e})") from None
     w = max([len("measure"), *(len(r[0]) for r in rows)])
     head = (
-        f"fidelity: synthetic {report.synthetic_name!r} (n={report.n_synthetic}, data=synthetic)"
-        f" vs real (n={report.n_real}, data=real): {'PASS' if report.passed else 'FAIL'}"
+        f"fidelity: synthetic {syn.get('name', '?')!r} (n={syn.get('n_units')}, data=synthetic)"
+        f" vs real (n={real.get('n_units')}, data=real): {verdict}"
     )
     lines = [head, f"{'measure':<{w}}  {'value':>10}  {'threshold':<10}  verdict"]
-    lines += [f"{a:<{w}}  {b:>10}  {c:<10}  {d}" for a, b, c, d in rows]
-    lines.append(
-        f"failed: {len(report.failed())}, not evaluated: {len(report.not_evaluated())},"
-        f" measures: {len(rows)}"
-    )
+    lines += [f"{a:<{w}}  {b:>10}  {c:<10}  {v}" for a, b, c, v in rows]
+    n_failed = sum(1 for m in measures if m["passed"] is False)
+    n_na = sum(1 for m in measures if m["passed"] is None)
+    lines.append(f"failed: {n_failed}, not evaluated: {n_na}, measures: {len(rows)}")
     return "\n".join(lines)
 
 
