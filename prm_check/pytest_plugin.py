@@ -1,1 +1,0 @@
-"""pytest plugin entry point (grows in the plugin issue). Imports nothing heavy."""
