@@ -107,8 +107,10 @@ def format_fidelity_table(report: FidelityReport | Mapping[str, Any]) -> str:
 def _feature_panel(ax: Any, report: FidelityReport, j: int, name: str, legend: bool) -> None:
     r = report.real_std[:, j]
     s = report.synthetic_std[:, j]
-    pooled = np.concatenate([r, s])
-    lo, hi = np.percentile(pooled, [0.5, 99.5])  # heavy tails would squash the bulk into a bin
+    # 0.5-99.5 percentiles of each side: heavy tails would squash the bulk into one bin, and
+    # taking them per side keeps a small synthetic sample's outliers on the plot
+    (r_lo, r_hi), (s_lo, s_hi) = np.percentile(r, [0.5, 99.5]), np.percentile(s, [0.5, 99.5])
+    lo, hi = min(r_lo, s_lo), max(r_hi, s_hi)
     bins = np.linspace(lo, hi, 31) if hi > lo else 30
     ax.hist(r, bins=bins, density=True, alpha=0.5, label="real", color="tab:blue")
     ax.hist(s, bins=bins, density=True, histtype="step", lw=1.5, label=f"synthetic ({name})",
