@@ -568,40 +568,65 @@ def units_matrix(curv_dir: Path) -> tuple[Any, list[str]]:
 
 
 def stage_fidelity(spec, out: Path, up: dict, model_override, progress) -> dict:
+    """Legacy and calibrated synthetic features against the real ones (labelled baseline).
+
+    PRM rows on both sides use Δ = perturbed − clean (the recipe's ΔAUC is positive by
+    construction; ours is whatever the sweep measured), loss attack for ΔAUC.
+    """
     import numpy as np
 
     from prm_check import fidelity as F
+    from prm_check import partition as P
     from prm_check import synthetic as Y
 
+    fs = spec.fidelity
+    if not fs.variants:
+        return {}
     values, columns = units_matrix(up["curvature_dir"])
     groups = [str(g) for g in np.load(up["partition_dir"] / "partition.npz")["groups"]]
-    fs = spec.fidelity
-    thresholds = F.FidelityThresholds(
-        ks_pvalue_min=fs.ks_pvalue_min,
-        wasserstein_max=fs.wasserstein_max,
-        energy_pvalue_min=fs.energy_pvalue_min,
-        corr_distance_max=fs.corr_distance_max,
-        ari_min=fs.ari_min,
-        prm_sign_agreement_min=fs.prm_sign_agreement_min,
+    th = F.FidelityThresholds.from_dict(
+        {
+            k: getattr(fs, k)
+            for k in (
+                "ks_pvalue_min",
+                "wasserstein_max",
+                "energy_pvalue_min",
+                "corr_distance_max",
+                "ari_min",
+                "prm_sign_agreement_min",
+            )
+        }
     )
-    real = (values, columns)
-    report: dict[str, Any] = {}
-    if "legacy" in fs.variants:
-        legacy = Y.legacy_recipe(seed=42)
-        report["legacy"] = F.compare_legacy_to_real(
-            legacy, real, groups, up["sweep"], thresholds=thresholds
-        ).as_dict()
-    if "calibrated" in fs.variants:
-        syn = Y.calibrated_synthetic(values, columns, groups, seed=spec.model.seed)
-        report["calibrated"] = F.compare_features(
-            syn,
-            real,
-            thresholds=thresholds,
-            seed=spec.model.seed,
-            synthetic_groups=syn[2],
-            real_groups=groups,
-        ).as_dict()
-    return report
+    summ = {(r["group"], r["level"], r["metric"]): r["mean"] for r in up["sweep"]["summary"]}
+    real_prm = [
+        {
+            "group": g,
+            "level": lv,
+            "delta_ppl": summ[(g, lv, "delta_ppl")],
+            "delta_auc": summ[(g, lv, "delta_auc_loss")],
+        }
+        for (g, lv, m) in summ
+        if m == "delta_ppl" and (g, lv, "delta_auc_loss") in summ
+    ]
+    rule, sign, q = spec.partition.rule, spec.partition.sign, spec.partition.q
+
+    def partition_rule(vals: np.ndarray, cols: list[str]) -> list[str]:
+        table = {c: vals[:, i] for i, c in enumerate(cols)}
+        f = {k.removeprefix("func_"): v for k, v in table.items() if k.startswith("func_")}
+        s = {k.removeprefix("sens_"): v for k, v in table.items() if k.startswith("sens_")}
+        fsc, ssc = P.rule_scores(rule, sign, f, s, None)
+        return [str(g) for g in P.assign_groups(fsc, ssc, q)]
+
+    res = Y.baseline_fidelity(
+        (values, columns),
+        real_groups=groups,
+        real_prm=real_prm,
+        partition_rule=None if rule == "contrast" else partition_rule,
+        thresholds=th,
+        seed=spec.model.seed,
+    )
+    full = res.as_dict()
+    return {k: v for k, v in full.items() if k in fs.variants or k not in ("legacy", "calibrated")}
 
 
 STAGE_FUNCS = {

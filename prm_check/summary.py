@@ -109,9 +109,18 @@ def format_summary(results: dict) -> str:
     if results.get("sweep"):
         parts += ["", "-- noise sweep (real)", sweep_section(results["sweep"])]
     fid = results.get("fidelity") or {}
-    for name, rep in fid.items():
-        verdict = rep.get("overall") or rep.get("verdict") or rep.get("passed")
-        parts.append(f"fidelity[{name}] (synthetic vs real): {verdict}")
+    for name, verdict in (fid.get("verdict") or {}).items():
+        failed = [
+            m["name"] for m in (fid.get(name) or {}).get("measures", []) if m.get("passed") is False
+        ]
+        parts.append(
+            f"fidelity[{name}] synthetic vs real: {verdict}"
+            + (
+                f" (failed: {', '.join(failed[:6])}{' ...' if len(failed) > 6 else ''})"
+                if failed
+                else ""
+            )
+        )
     checks = results.get("checks") or []
     if checks:
         rows = [
