@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from tests.plugin_support.helpers import REPO, SMALL_IDS, SMALL_SPEC, FakeProject
+from tests.plugin_support.project import REPO, SMALL_IDS, SMALL_SPEC, FakeProject
 
-pytest_plugins = ["pytester", "tests.plugin_support.helpers"]  # the `project` fixture
+pytest_plugins = ["pytester", "tests.plugin_support.fixtures"]  # the `project` fixture
 
 
 def test_importing_the_plugin_imports_nothing_heavy():

@@ -91,6 +91,17 @@ def pytest_runtest_call(item: pytest.Item):
     return result
 
 
+def _applied_budget(exc: BudgetExceeded, item: pytest.Item) -> options.Budget:
+    """The budget and its source; for a spec stage the spec's own values are the fallback."""
+    from prm_check.pipeline import STAGES, stage_budget
+
+    spec = getattr(getattr(item, "module", None), "__prm_spec__", None)
+    stage = exc.stage.split("(")[0].split()[0]
+    if spec is not None and stage in STAGES:
+        return options.resolve_budget(item.config, item, *stage_budget(spec, stage))
+    return options.resolve_budget(item.config, item)
+
+
 def _budget_details(exc: BudgetExceeded, item: pytest.Item) -> str:
     from prm_check.units_fmt import format_quantity
 
@@ -101,8 +112,8 @@ def _budget_details(exc: BudgetExceeded, item: pytest.Item) -> str:
         "observed: "
         + ("unknown" if exc.observed is None else format_quantity(exc.kind, exc.observed)),
     ]
-    with contextlib.suppress(PrmCheckError):
-        lines.append(f"budget:   {options.resolve_budget(item.config, item).describe()}")
+    with contextlib.suppress(PrmCheckError, KeyError):
+        lines.append(f"budget:   {_applied_budget(exc, item).describe()}")
     lines.append("precedence: @pytest.mark.prm_budget > --prm-*-budget > ini prm_*_budget > spec")
     if exc.detail:
         tail = exc.detail.strip().splitlines()[-12:]

@@ -8,7 +8,6 @@ item's report (the controller, or the only process) — reports carry the metric
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +58,12 @@ class BaselineGate:
 
     def warn_mismatch(self) -> None:
         if self.mismatch:
-            warnings.warn(
+            self.config.issue_config_time_warning(
                 pytest.PytestWarning(
                     f"baseline {self.path} was recorded on another machine "
                     f"({'; '.join(self.mismatch)}); memory and round-off may differ"
                 ),
-                stacklevel=1,
+                stacklevel=2,
             )
 
     def judge(self, item: pytest.Item) -> None:

@@ -72,8 +72,3 @@ class FakeProject:
 
     def computed(self) -> list[str]:
         return self.log.read_text().split() if self.log.exists() else []
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> FakeProject:
-    return FakeProject(pytester, monkeypatch)
