@@ -27,6 +27,27 @@ def _behaviour() -> dict[str, Any]:
     return json.loads(os.environ.get(BEHAVIOUR_ENV) or "{}")
 
 
+def _cell(group: str, level: float, draw: int, attacks: list[str], shift: float) -> dict:
+    auc = {a: 0.75 - level + shift for a in attacks}
+    return {
+        "group": group,
+        "level": level,
+        "draw": draw,
+        "seed": draw,
+        "n_params": 100,
+        "noise_norm": level,
+        "ppl": 40.0 + level,
+        "delta_ppl": level,
+        "rel_delta_ppl": level / 40.0,
+        "auc": auc,
+        "delta_auc": {a: -level for a in attacks},
+        "tpr_at_1pct_fpr": {a: None for a in attacks},
+        "exposure_mean": {},
+        "restored": True,
+        "seconds": 0.0,
+    }
+
+
 def _sweep(spec: dict, shift: float) -> dict:
     sw = spec["sweep"]
     summary, cells = [], []
@@ -41,7 +62,7 @@ def _sweep(spec: dict, shift: float) -> dict:
             for metric, mean in (("rel_delta_ppl", 0.1 * lv), ("delta_ppl", 3.0 * lv)):
                 summary.append({"group": g, "level": lv, "metric": metric, "mean": mean + shift})
             for d in range(sw["draws"]):
-                cells.append({"group": g, "level": lv, "draw": d, "restored": True})
+                cells.append(_cell(g, lv, d, sw["attacks"], shift))
     versus = [
         {
             "group": "Wsens",
