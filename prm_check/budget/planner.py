@@ -3,16 +3,20 @@
 Why a model and not a trial run: OPT-1.3b/2.7b must be planned on a box that cannot hold
 them, so parameters are counted on the ``meta`` device and the peak is a formula:
 
-    peak = RUNTIME + P·d · (1 + alpha[method]) + beta[method] · A(mb, S) · d
+    peak = RUNTIME + P·d·(1 + alpha[m]) + (beta_layers[m]·A_L + beta_logits[m]·A_V)·d
            (+ m·P·d Krylov basis for Lanczos/SLQ, + P·d accumulator with > 1 micro-batch)
-    A(mb, S) = mb·S·(L·(12·h + 2·f + 3·heads·S) + 4·V)      (elements)
+    A_L = mb·S·L·(12·h + 2·f + 3·heads·S),   A_V = mb·S·V      (elements)
 
 ``P`` parameters, ``d`` bytes per element, ``L`` layers, ``h`` hidden, ``f`` ffn, ``V``
-vocab. ``A`` counts what an eager OPT forward saves per token and layer (layer-norm in/out,
-q/k/v, attention scores/probabilities per head, fc1 in/out, residuals) plus the logits and
-their log-softmax; ``alpha``/``beta`` are fitted per method by :func:`calibrate`, so the
-structural weights only need to be right in ratio. Predictions are of absolute peak RSS of
-a guarded child (spawn + torch + transformers included), i.e. what ``run_guarded`` meters.
+vocab. ``A_L`` counts what an eager OPT forward saves per token and layer (layer-norm in/out,
+q/k/v, attention scores/probabilities per head, fc1 in/out, residuals); ``A_V`` is one
+logits-sized tensor. Two activation terms because the peak sits at different moments: for
+a small model it is the end of the forward (layer activations), for OPT-125m the end of the
+backward (gradients complete, layer activations freed, logit gradients alive). The terms
+are added, not max-ed, which errs on the safe side. Coefficients are fitted per method by
+:func:`calibrate` (non-negative least squares in relative error). Predictions are of the
+absolute peak RSS of a guarded child (spawn + torch + transformers included), i.e. what
+``run_guarded`` meters; float32 on CPU is calibrated, other dtypes are scaled by bytes.
 """
 
 from __future__ import annotations
@@ -56,9 +60,10 @@ KNOWN_SHAPES: dict[str, dict[str, Any]] = {
 # importing torch + transformers (measured 377-388 MiB).
 RUNTIME_BYTES = 388 * 2**20
 ALPHA: dict[str, float] = {"gradient": 1.0, "hvp_rev": 3.0, "hvp_fwd": 4.0}
-BETA: dict[str, float] = {"gradient": 1.0, "hvp_rev": 2.0, "hvp_fwd": 3.0}
+BETA_LAYERS: dict[str, float] = {"gradient": 1.0, "hvp_rev": 2.0, "hvp_fwd": 3.0}
+BETA_LOGITS: dict[str, float] = {"gradient": 4.0, "hvp_rev": 8.0, "hvp_fwd": 8.0}
 FIT_NOTE = "placeholder until calibrate() has run"
-ACT_WEIGHTS = (12.0, 2.0, 3.0, 4.0)  # per token: c1·h + c2·f + c3·heads·S per layer; c4·V
+ACT_WEIGHTS = (12.0, 2.0, 3.0)  # per token and layer: c1·h + c2·f + c3·heads·S
 
 
 @dataclass(frozen=True)
@@ -140,11 +145,12 @@ def resolve_shape(spec: str) -> ModelShape:
     return _shape_from_folder(Path(spec))
 
 
-def activation_elements(shape: ModelShape, micro_batch: int, seq: int) -> float:
-    """Structural count ``A(mb, S)`` of saved forward elements (see module docstring)."""
-    c1, c2, c3, c4 = ACT_WEIGHTS
+def activation_elements(shape: ModelShape, micro_batch: int, seq: int) -> tuple[float, float]:
+    """Structural counts ``(A_L, A_V)`` of activation elements (see module docstring)."""
+    c1, c2, c3 = ACT_WEIGHTS
     per_layer = c1 * shape.hidden + c2 * shape.ffn + c3 * shape.heads * seq
-    return float(micro_batch) * seq * (shape.layers * per_layer + c4 * shape.vocab)
+    tokens = float(micro_batch) * seq
+    return tokens * shape.layers * per_layer, tokens * shape.vocab
 
 
 def _method_key(method: str) -> str:
@@ -168,12 +174,16 @@ def predict_terms(
     key = _method_key(method)
     d = DTYPES[dtype]
     pd = shape.n_params * d
-    act = activation_elements(shape, micro_batch, seq) * d
+    a_l, a_v = activation_elements(shape, micro_batch, seq)
+
+    def act(k: str) -> float:
+        return (BETA_LAYERS[k] * a_l + BETA_LOGITS[k] * a_v) * d
+
     terms = {
         "runtime": float(RUNTIME_BYTES),
         "weights": float(pd),
         "gradients": ALPHA["gradient"] * pd,
-        "activations": BETA["gradient"] * act,
+        "activations": act("gradient"),
         "hvp buffers": 0.0,
         "hvp activations": 0.0,
         "krylov basis": 0.0,
@@ -181,7 +191,7 @@ def predict_terms(
     }
     if key != "gradient":
         terms["hvp buffers"] = (ALPHA[key] - ALPHA["gradient"]) * pd
-        terms["hvp activations"] = (BETA[key] - BETA["gradient"]) * act
+        terms["hvp activations"] = act(key) - act("gradient")
     if method in ("lanczos", "slq"):
         terms["krylov basis"] = float(max(m, 1)) * pd
     return terms
@@ -295,11 +305,12 @@ def predict_peak(model_spec: str | ModelShape, method: str, micro_batch: int, se
 
 @dataclass(frozen=True)
 class Calibration:
-    """Fitted ``alpha``/``beta`` per method and the guarded measurements behind them."""
+    """Fitted coefficients per method and the guarded measurements behind them."""
 
     runtime_bytes: int
     alpha: dict[str, float]
-    beta: dict[str, float]
+    beta_layers: dict[str, float]
+    beta_logits: dict[str, float]
     rows: tuple[dict[str, Any], ...]
 
 
@@ -331,29 +342,35 @@ def measure_points(
 
 
 def fit(rows: Sequence[dict[str, Any]], runtime_bytes: int = RUNTIME_BYTES) -> Calibration:
-    """Least squares in *relative* error of ``peak - runtime - weights`` per method."""
+    """Non-negative least squares, in *relative* error, of ``peak - runtime - weights``."""
     import numpy as np
+    from scipy.optimize import nnls
 
-    alpha, beta = {}, {}
+    coefs: dict[str, list[float]] = {}
+    shapes = {name: resolve_shape(name) for name in {r["model"] for r in rows}}
     for method in sorted({r["method"] for r in rows}):
-        sel = [r for r in rows if r["method"] == method]
         x, y = [], []
-        for r in sel:
-            shape = resolve_shape(r["model"])
+        for r in (r for r in rows if r["method"] == method):
+            shape = shapes[r["model"]]
             d = DTYPES[r.get("dtype", "float32")]
-            pd = shape.n_params * d
-            act = activation_elements(shape, r["batch"], r["seq"]) * d
+            a_l, a_v = activation_elements(shape, r["batch"], r["seq"])
             peak = r["peak_rss_bytes"]
-            x.append([pd / peak, act / peak])
-            y.append((peak - runtime_bytes - pd) / peak)
-        coef = np.linalg.lstsq(np.array(x), np.array(y), rcond=None)[0]
-        alpha[method], beta[method] = (max(0.0, float(c)) for c in coef)
-    return Calibration(runtime_bytes, alpha, beta, tuple(rows))
+            x.append([shape.n_params * d / peak, a_l * d / peak, a_v * d / peak])
+            y.append((peak - runtime_bytes - shape.n_params * d) / peak)
+        coefs[method] = [float(c) for c in nnls(np.array(x), np.array(y))[0]]
+    return Calibration(
+        runtime_bytes,
+        {k: c[0] for k, c in coefs.items()},
+        {k: c[1] for k, c in coefs.items()},
+        {k: c[2] for k, c in coefs.items()},
+        tuple(rows),
+    )
 
 
 def calibrate(**kwargs: Any) -> Calibration:
     """Re-derive ``ALPHA``/``BETA`` on this machine (minutes: OPT-125m HVPs at 1, 2, 4 x 128).
 
-    Prints nothing and edits nothing: paste the returned constants into this module.
+    Prints nothing and edits nothing: paste the returned ``alpha``/``beta_*`` into ALPHA,
+    BETA_LAYERS and BETA_LOGITS. ``benchmarks/bench_budget.py`` checks them (±20 %).
     """
     return fit(measure_points(**kwargs))
