@@ -117,9 +117,14 @@ def make_results(name: str = f"fixture {EVIL}") -> tuple[dict, list[str], list[l
                                       "recall": 0.1, "lift": 1.6}], "wsens": []}]},
         "sweep": {"data": "real", "levels": list(LEVELS), "draws": 3, "groups": list(GROUPS),
                   "cells": cells, "summary": summary, "versus_control": versus},
-        "fidelity": {"legacy": {"verdict": "fail", "failed": ["ks:obd"], "not_evaluated": [],
+        "fidelity": {"data": {"synthetic": "synthetic", "real": "real"},
+                     "verdict": {"legacy": "fail", "calibrated": "pass"},
+                     "legacy": {"verdict": "fail", "failed": ["ks:obd"], "not_evaluated": [],
                                 "features": [{"column": "obd", "ks_statistic": 0.6},
-                                             {"column": "fisher_sum", "ks_statistic": 0.2}]}},
+                                             {"column": "fisher_sum", "ks_statistic": 0.2}]},
+                     "calibrated": {"verdict": "pass", "failed": [], "not_evaluated": [],
+                                    "features": [{"column": "obd", "ks_statistic": 0.1}]},
+                     "figures": {}},
         "checks": [{"id": f"Wsens-0.1-{EVIL}", "group": "Wsens", "level": 0.1,
                     "metric": "delta_auc_loss", "op": "<=", "value": -0.05,
                     "observed": -0.04, "passed": False}],
@@ -237,14 +242,34 @@ def test_corrupt_results_raise_and_keep_previous_report(
     assert not any(p.name.startswith(".") for p in copy.iterdir())
 
 
-def test_malformed_section_raises_report_error(tmp_path: Path, fixture_parts) -> None:
-    results, header, rows = fixture_parts
-    bad = json.loads(json.dumps(results))
-    bad["sweep"]["summary"][0]["level"] = {"oops": 1}
-    _write_run(tmp_path, (bad, header, rows))
+def test_malformed_section_raises_and_keeps_previous_files(
+    report_dir: Path, tmp_path: Path, fixture_parts
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(report_dir, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    bad = json.loads(json.dumps(fixture_parts[0]))
+    bad["sweep"]["summary"][0]["level"] = {"oops": 1}  # breaks the 3rd figure mid-report
     with pytest.raises(ReportError, match="malformed"):
-        regenerate_report(tmp_path)
-    assert not (tmp_path / "index.html").exists()
+        write_report(copy, bad)
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+def test_run_time_fidelity_figures_are_kept(report_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(report_dir, copy)
+    results = load_results(copy)
+    (copy / "synthetic_vs_real.png").write_bytes(b"run-time figure")
+    shutil.copy(copy / "budget.png", copy / "synthetic_vs_real_calibrated.png")
+    results["fidelity"]["figures"] = {
+        "legacy": str(tmp_path / "elsewhere" / "synthetic_vs_real.png"),
+        "calibrated": "synthetic_vs_real_calibrated.png",
+        "evil": "../../etc/passwd.png",
+    }
+    write_report(copy, results)
+    assert (copy / "synthetic_vs_real.png").read_bytes() == b"run-time figure"
+    page = (copy / "index.html").read_text(encoding="utf-8")
+    assert 'src="synthetic_vs_real_calibrated.png"' in page and "passwd" not in page
 
 
 def test_missing_results_json(tmp_path: Path) -> None:

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from prm_check.errors import ReportError
-from prm_check.report.plots import FIGURES, FigureSkipped, auc_metric, ppl_metric
+from prm_check.report.plots import (
+    FIGURES,
+    FigureSkipped,
+    auc_metric,
+    fidelity_variants,
+    ppl_metric,
+)
 from prm_check.report.store import (
     RESULTS_CSV,
     RESULTS_JSON,
@@ -34,7 +40,6 @@ from prm_check.report.store import (
 )
 
 INDEX = "index.html"
-FIDELITY_FIGURE = "synthetic_vs_real.png"
 Progress = Callable[[str], None] | None
 
 CSS = """
@@ -228,7 +233,8 @@ def _sweep(results: Mapping[str, Any]) -> str:
         for m in metrics:
             row += [_ci(index.get(("Wsens", level, m))), _ci(index.get(("control", level, m)))]
         d = vs.get((level, metrics[0]))
-        row += [_ci(d, "diff") if d else "n/a", _verdict(d.get("separable")) if d else "n/a"]
+        sep = d.get("separable") if d else None
+        row += [_ci(d, "diff") if d else "n/a", "n/a" if sep is None else ("yes" if sep else "no")]
         rows.append(row)
     hdr = [
         "α",
@@ -239,7 +245,8 @@ def _sweep(results: Mapping[str, Any]) -> str:
         f"Wsens − control {metrics[0]}",
         "separable",
     ]
-    out.append(_table(hdr, rows, raw=(6,)))
+    out.append(_table(hdr, rows))
+    out.append("<p>separable: the 95 % CI of Wsens − control (equal α, paired) excludes 0.</p>")
     return "".join(out)
 
 
@@ -308,9 +315,7 @@ def _fidelity(results: Mapping[str, Any]) -> str:
     if not fid:
         return "<h2>Synthetic vs real fidelity</h2>" + _missing("fidelity")
     rows = []
-    for name, rep in fid.items():
-        if not isinstance(rep, Mapping):
-            continue
+    for name, rep in fidelity_variants(fid).items():
         verdict = rep.get("verdict")
         failed = ", ".join(map(str, rep.get("failed") or [])) or "none"
         rows.append(
@@ -328,13 +333,14 @@ def _fidelity(results: Mapping[str, Any]) -> str:
 
 def _figures(done: Sequence[str], skipped: Mapping[str, str], notes: Mapping[str, str]) -> str:
     out = ["<h2>Figures</h2>"]
-    for name, (_, caption) in FIGURES.items():
-        if name in done:
-            note = f" <span class='muted'>{_e(notes[name])}</span>" if name in notes else ""
-            out.append(
-                f'<figure id="{_e(name)}"><img src="{_e(name)}" alt="{_e(name)}">'
-                f"<figcaption><b>{_e(name)}</b>: {_e(caption)}{note}</figcaption></figure>"
-            )
+    captions = {name: caption for name, (_, caption) in FIGURES.items()}
+    for name in done:
+        caption = captions.get(name, "Synthetic vs real, drawn at run time.")
+        note = f" <span class='muted'>{_e(notes[name])}</span>" if name in notes else ""
+        out.append(
+            f'<figure id="{_e(name)}"><img src="{_e(name)}" alt="{_e(name)}">'
+            f"<figcaption><b>{_e(name)}</b>: {_e(caption)}{note}</figcaption></figure>"
+        )
     if skipped:
         out.append("<h3>Not computed</h3>")
         out.append(_table(("figure", "reason"), list(skipped.items())))
@@ -399,6 +405,25 @@ def _malformed(run_dir: Path, what: str, exc: Exception) -> ReportError:
     )
 
 
+def run_time_figures(run_dir: Path, results: Mapping[str, Any]) -> list[str]:
+    """Fidelity figures the run drew itself (listed in ``fidelity.figures``, present on disk).
+
+    They need the synthetic and real feature tables, which results.json does not hold, so
+    a report keeps them; without them ``synthetic_vs_real.png`` is drawn from the measures.
+    """
+    figures = (results.get("fidelity") or {}).get("figures") or {}
+    names = []
+    for value in figures.values() if isinstance(figures, Mapping) else []:
+        name = Path(str(value)).name
+        if name.endswith(".png") and name not in names:
+            try:
+                if safe_child(run_dir, name).is_file():
+                    names.append(name)
+            except ReportError:
+                continue
+    return names
+
+
 def write_report(run_dir: Path, results: dict[str, Any], progress: Progress = None) -> Path:
     """Draw every figure the results support and write ``index.html``; returns its path.
 
@@ -410,11 +435,11 @@ def write_report(run_dir: Path, results: dict[str, Any], progress: Progress = No
     done: list[str] = []
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
+    kept = run_time_figures(run_dir, results)
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=run_dir))
     try:
         for name, (plot, _) in FIGURES.items():
-            if name == FIDELITY_FIGURE and results.get("fidelity") and (run_dir / name).exists():
-                # Drawn at run time from the feature tables, which results.json lacks.
+            if name in kept:  # drawn at run time from feature tables results.json lacks
                 done.append(name)
                 notes[name] = "(drawn at run time from the feature tables; kept as is)"
                 continue
@@ -429,6 +454,10 @@ def write_report(run_dir: Path, results: dict[str, Any], progress: Progress = No
                 raise _malformed(run_dir, name, exc) from exc
             done.append(name)
             say(f"report: {name} ({time.perf_counter() - t0:.1f} s)")
+        for name in kept:
+            if name not in done:
+                done.append(name)
+                notes[name] = "(drawn at run time; kept as is)"
         try:
             page = render_index(run_dir, results, done, skipped, notes)
         except MALFORMED as exc:

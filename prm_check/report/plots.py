@@ -284,16 +284,18 @@ def plot_prm_phase_diagram(
             y,
             xerr=[x - xlo, xhi - x],
             yerr=[y - ylo, yhi - y],
-            fmt="o",
+            fmt="",
             color=_group_color(g),
             ls="--" if g == "control" else "-",
-            ms=4,
             capsize=2,
             lw=1.2,
             elinewidth=0.8,
             label=g,
         )
-        for (p, _), xi, yi in zip(pairs, x, y, strict=True):
+        # Marker size grows with α; only the largest α is labelled (the rest crowd the origin).
+        sizes = 12 + 30 * np.arange(len(pairs)) / max(len(pairs) - 1, 1)
+        ax.scatter(x, y, s=sizes, color=_group_color(g), zorder=3)
+        for (p, _), xi, yi in list(zip(pairs, x, y, strict=True))[-1:]:
             ax.annotate(
                 f"α={_num(p['level']):g}",
                 (xi, yi),
@@ -309,7 +311,10 @@ def plot_prm_phase_diagram(
     _symlog_if_wide(ax, np.concatenate(xs_all), "x")
     ax.set_xlabel(_metric_label(pm) + " - higher = more function lost")
     ax.set_ylabel(_metric_label(am) + " - lower = less leakage")
-    ax.set_title(_title(results, sweep, "PRM phase diagram (mean, 95 % CI)"), fontsize=10)
+    ax.set_title(
+        _title(results, sweep, "PRM phase diagram (mean, 95 % CI; bigger marker = larger α)"),
+        fontsize=10,
+    )
     ax.legend(fontsize=8, title="group", title_fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
@@ -526,7 +531,9 @@ def plot_budget(results: Mapping[str, Any], path: Path, units: UnitsTable | None
         over = np.isfinite(budgets) & np.isfinite(vals) & (vals > budgets)
         ax.barh(y, np.nan_to_num(vals, nan=0.0), color=np.where(over, "tab:red", "tab:blue"))
         ok = np.isfinite(budgets)
-        ax.scatter(budgets[ok], y[ok], marker="|", s=300, color="tab:red", lw=2, label="budget")
+        ax.scatter(
+            budgets[ok], y[ok], marker="|", s=400, color="black", lw=2.5, zorder=3, label="budget"
+        )
         for yi, s, v in zip(y, stages, vals, strict=True):
             if np.isfinite(v):
                 text = fmt.format(v) if fmt else format_bytes(v * scale)
@@ -534,7 +541,15 @@ def plot_budget(results: Mapping[str, Any], path: Path, units: UnitsTable | None
                     text += " (cached)"
                 ax.text(v, yi, " " + text, va="center", fontsize=7)
             else:
-                ax.text(0, yi, " not measured", va="center", fontsize=7, color="0.4")
+                ax.text(
+                    0.01,
+                    yi,
+                    "not measured",
+                    va="center",
+                    fontsize=7,
+                    color="0.4",
+                    transform=ax.get_yaxis_transform(),
+                )
         pos = np.concatenate([vals[np.isfinite(vals) & (vals > 0)], budgets[ok & (budgets > 0)]])
         if pos.size:
             ax.set_xscale("log")
@@ -551,6 +566,13 @@ def plot_budget(results: Mapping[str, Any], path: Path, units: UnitsTable | None
     return _save(fig, path)
 
 
+def fidelity_variants(fid: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The per-variant reports (legacy, calibrated, ...) of a fidelity section."""
+    return {
+        k: v for k, v in fid.items() if isinstance(v, Mapping) and isinstance(v.get("verdict"), str)
+    }
+
+
 def plot_fidelity_measures(
     results: Mapping[str, Any], path: Path, units: UnitsTable | None = None
 ) -> Path:
@@ -560,7 +582,7 @@ def plot_fidelity_measures(
     tables, which results.json does not hold; this one draws what it does hold.
     """
     fid = _section(results, "fidelity")
-    variants = {k: v for k, v in fid.items() if isinstance(v, dict) and v.get("features")}
+    variants = {k: v for k, v in fidelity_variants(fid).items() if v.get("features")}
     if not variants:
         raise FigureSkipped("fidelity section holds no per-feature measures")
     fig = _new_figure(11, 5.2)
@@ -633,6 +655,6 @@ FIGURES: dict[str, tuple[PlotFn, str]] = {
     ),
     "budget.png": (
         plot_budget,
-        "Each stage's time and peak memory against its budget; a red bar broke the budget.",
+        "Each stage's time and peak memory against its budget (black tick); a red bar broke it.",
     ),
 }

@@ -35,6 +35,8 @@ UNITS_CSV = "units.csv"
 # optional and shown as "not computed" when absent.
 REQUIRED_KEYS = ("schema_version", "data", "run")
 DATA_LABELS = ("real", "synthetic")
+SECTIONS = ("run", "environment", "model", "baseline", "curvature", "partition", "sweep",
+            "embedding", "fidelity", "timings")  # fmt: skip
 
 
 def safe_child(run_dir: Path, name: str | os.PathLike[str]) -> Path:
@@ -176,8 +178,9 @@ def load_results(run_dir: Path) -> dict[str, Any]:
         raise ReportError(f"{path}: 'data' is {results['data']!r}, expected one of {DATA_LABELS}")
     if not isinstance(results["run"], dict) or not isinstance(results["run"].get("name"), str):
         raise ReportError(f"{path}: 'run' must be an object with a string 'name'")
-    for key, value in results.items():
-        if key not in ("schema_version", "data", "checks") and not isinstance(value, dict):
+    for key in SECTIONS:
+        value = results.get(key)
+        if value is not None and not isinstance(value, dict):
             raise ReportError(f"{path}: section {key!r} is {type(value).__name__}, not an object")
     if not isinstance(results.get("checks", []), list):
         raise ReportError(f"{path}: 'checks' must be a list")
