@@ -22,21 +22,23 @@ SCALES = ("tensor", "row")
 
 
 def entry_masks(
-    named_params: Mapping[str, torch.Tensor], slices: Iterable[Mapping[str, object]]
+    named_params: Mapping[str, torch.Tensor],
+    slices: Iterable[Mapping[str, tuple[object, ...]]],
 ) -> dict[str, torch.Tensor]:
     """Boolean masks per parameter covering the union of the given units' slices.
 
-    ``slices`` holds one mapping per unit: parameter name -> index usable as
-    ``tensor[index]`` (an int row, a tuple of slices, ...).
+    ``slices`` holds one mapping per unit (``curvature.Unit.slices``): parameter name ->
+    a tuple of index blocks, each usable as ``tensor[block]``.
     """
     masks: dict[str, torch.Tensor] = {}
     for unit_slices in slices:
-        for name, index in unit_slices.items():
+        for name, blocks in unit_slices.items():
             if name not in named_params:
                 raise CurvatureError(f"unit refers to unknown parameter {name!r}")
             if name not in masks:
                 masks[name] = torch.zeros_like(named_params[name], dtype=torch.bool)
-            masks[name][index] = True
+            for block in blocks:
+                masks[name][block] = True
     return masks
 
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -314,11 +315,18 @@ def stage_curvature(spec, out: Path, up: dict, model_override, progress) -> dict
             if c.top_k > 0:
                 eig = top_eigenpairs(op, k=c.top_k)
                 entry["top_eigenvalues"] = [float(x) for x in eig.eigenvalues]
+                entry["top_eigen_residuals"] = [float(x) for x in eig.residuals]
+                entry["top_eigen_matvecs"] = int(eig.num_matvecs)
             if c.slq_probes > 0:
                 slq = slq_density(
                     op, num_probes=c.slq_probes, lanczos_steps=c.slq_steps, seed=spec.model.seed
                 )
-                entry["slq"] = slq.as_dict()
+                entry["slq"] = {
+                    "nodes": slq.nodes.tolist(),
+                    "weights": slq.weights.tolist(),
+                    "num_matvecs": slq.num_matvecs,
+                    "steps": slq.lanczos_steps,
+                }
         entry["seconds"] = time.perf_counter() - t0
         summary["losses"][loss] = entry
     return summary
@@ -330,6 +338,11 @@ def read_features(curv_dir: Path) -> dict[str, Any]:
     return {loss: UnitFeatures.from_csv(curv_dir / f"features_{loss}.csv") for loss in LOSSES}
 
 
+def unit_module(uid: str) -> str:
+    """Module of a unit id: ``a.fc1[3] -> a.fc1``, ``a.self_attn.head[2] -> a.self_attn``."""
+    return re.sub(r"(\.head)?\[\d+\]$", "", uid)
+
+
 def _columns(feats) -> dict[str, Any]:
     return {c: feats.column(c) for c in feats.columns}
 
@@ -338,7 +351,7 @@ def stage_partition(spec, out: Path, up: dict, model_override, progress) -> dict
     import numpy as np
 
     from prm_check import partition as P
-    from prm_check.curvature.units import enumerate_units, unit_module
+    from prm_check.curvature.unitmap import enumerate_units
 
     inp = load_inputs(spec, model_override)
     feats = read_features(up["curvature_dir"])
@@ -350,14 +363,13 @@ def stage_partition(spec, out: Path, up: dict, model_override, progress) -> dict
     ps = spec.partition
     func_score, sens_score = P.rule_scores(ps.rule, ps.sign, f, s, n)
     groups = P.assign_groups(func_score, sens_score, ps.q)
-    modules = [unit_module(u) for u in ids]
-    control = P.matched_control(modules, groups == "Wsens", seed=ps.seed)
-    res = P.PartitionResult(ids, ps.rule, ps.sign, ps.q, groups, control, func_score, sens_score)
-    # Every unit's slices, for perturbation and the weight baselines.
     units = {
         u.id: u
         for u in enumerate_units(inp.model, spec.curvature.granularity, list(spec.curvature.params))
     }
+    modules = [units[u].module for u in ids]
+    control = P.matched_control(modules, groups == "Wsens", seed=ps.seed)
+    res = P.PartitionResult(ids, ps.rule, ps.sign, ps.q, groups, control, func_score, sens_score)
     planted = set(up["assets"]["planted_units"])
     d = res.to_dict()
     if planted:
@@ -382,14 +394,15 @@ def weight_baselines(inp: Inputs, ids: list[str], units: dict) -> dict[str, Any]
     ref = dict(inp.reference_model.named_parameters()) if inp.reference_model else None
     row, bias, col, delta = (np.zeros(len(ids)) for _ in range(4))
     for i, uid in enumerate(ids):
-        for name, index in units[uid].slices.items():
-            w = params[name].detach()[index]
-            if name.endswith("bias"):
-                bias[i] += float(w.abs().sum())
-            else:
-                row[i] += float(w.pow(2).sum())
-            if ref is not None:
-                delta[i] += float((w - ref[name].detach()[index]).pow(2).sum())
+        for name, blocks in units[uid].slices.items():
+            for index in blocks:
+                w = params[name].detach()[index]
+                if name.endswith("bias"):
+                    bias[i] += float(w.abs().sum())
+                else:
+                    row[i] += float(w.pow(2).sum())
+                if ref is not None:
+                    delta[i] += float((w - ref[name].detach()[index]).pow(2).sum())
         nxt = _outgoing(uid, params)
         if nxt is not None:
             col[i] = float(nxt.pow(2).sum().sqrt())
@@ -458,7 +471,7 @@ def stage_sweep(spec, out: Path, up: dict, model_override, progress) -> dict:
     import numpy as np
 
     from prm_check import sweep as S
-    from prm_check.curvature.units import enumerate_units
+    from prm_check.curvature.unitmap import enumerate_units
     from prm_check.data.batching import tokenize_texts
     from prm_check.perturb import entry_masks, reference_scales
     from prm_check.privacy.losses import losses_of_token_ids

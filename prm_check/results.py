@@ -96,8 +96,7 @@ def unit_rows(results: dict, stage_dirs: Mapping[str, Path]) -> tuple[list[str],
     """units.csv: per unit its module, layer, group, control/planted flags and features."""
     import numpy as np
 
-    from prm_check.curvature.units import unit_module
-    from prm_check.pipeline import LOSSES, read_features
+    from prm_check.pipeline import LOSSES, read_features, unit_module
 
     if "curvature" not in stage_dirs or not (stage_dirs["curvature"] / "result.json").exists():
         return [], []

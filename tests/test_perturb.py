@@ -20,7 +20,9 @@ def test_noise_only_on_group_entries_and_restored_bit_exactly():
     model = make_tiny_opt(seed=1)
     params = _params(model)
     name = "model.decoder.layers.0.fc1.weight"
-    masks = entry_masks(params, [{name: 3}, {name: 5, "model.decoder.layers.0.fc1.bias": 5}])
+    masks = entry_masks(
+        params, [{name: ((3,),)}, {name: ((5,),), "model.decoder.layers.0.fc1.bias": ((5,),)}]
+    )
     scales = reference_scales(params, masks, "tensor")
     before = {k: v.detach().clone() for k, v in params.items()}
     digest = state_digest(params)
@@ -38,7 +40,7 @@ def test_noise_only_on_group_entries_and_restored_bit_exactly():
 def test_restored_even_when_the_body_raises():
     model = make_tiny_opt(seed=2)
     params = _params(model)
-    masks = entry_masks(params, [{"model.decoder.layers.0.fc2.weight": 0}])
+    masks = entry_masks(params, [{"model.decoder.layers.0.fc2.weight": ((0,),)}])
     digest = state_digest(params)
     with (
         pytest.raises(RuntimeError),
@@ -51,7 +53,7 @@ def test_restored_even_when_the_body_raises():
 def test_same_seed_same_noise_and_norm_scales_with_alpha():
     model = make_tiny_opt(seed=3)
     params = _params(model)
-    masks = entry_masks(params, [{"model.decoder.layers.0.fc1.weight": 1}])
+    masks = entry_masks(params, [{"model.decoder.layers.0.fc1.weight": ((1,),)}])
     scales = reference_scales(params, masks)
     with perturbed(model, masks, scales, 0.1, 11) as a:
         w1 = params["model.decoder.layers.0.fc1.weight"].detach().clone()
@@ -71,5 +73,5 @@ def test_row_scale_and_errors():
     with pytest.raises(DataError):
         reference_scales(params, ["nope"], "tensor")
     with pytest.raises(CurvatureError, match="nope"):
-        entry_masks(params, [{"nope": 0}])
+        entry_masks(params, [{"nope": ((0,),)}])
     assert cell_seed("Wsens", 0.1, 0) != cell_seed("Wsens", 0.1, 1)
