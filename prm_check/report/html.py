@@ -40,6 +40,8 @@ from prm_check.report.store import (
 )
 
 INDEX = "index.html"
+TMP_PREFIX = ".report-"
+STALE_TMP_S = 600  # a temp dir older than this belongs to a report that was killed
 Progress = Callable[[str], None] | None
 
 CSS = """
@@ -436,7 +438,10 @@ def write_report(run_dir: Path, results: dict[str, Any], progress: Progress = No
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
     kept = run_time_figures(run_dir, results)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=run_dir))
+    for stale in run_dir.glob(f"{TMP_PREFIX}*"):  # left by a killed report (one writer per dir)
+        if stale.is_dir() and time.time() - stale.stat().st_mtime > STALE_TMP_S:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=run_dir))
     try:
         for name, (plot, _) in FIGURES.items():
             if name in kept:  # drawn at run time from feature tables results.json lacks

@@ -67,7 +67,12 @@ def _label(results: Mapping[str, Any], sec: Mapping[str, Any] | None = None) -> 
 
 
 def _title(results: Mapping[str, Any], sec: Mapping[str, Any] | None, text: str) -> str:
-    return f"[{_label(results, sec)}] {text} - run {results.get('run', {}).get('name', '?')}"
+    """``[real] text - run NAME``, wrapped so long run names are not clipped."""
+    import textwrap
+
+    name = str(results.get("run", {}).get("name", "?"))
+    name = name if len(name) <= 60 else name[:57] + "..."
+    return textwrap.fill(f"[{_label(results, sec)}] {text} - run {name}", width=80)
 
 
 def _group_color(group: str) -> str:
@@ -312,10 +317,10 @@ def plot_prm_phase_diagram(
     ax.set_xlabel(_metric_label(pm) + " - higher = more function lost")
     ax.set_ylabel(_metric_label(am) + " - lower = less leakage")
     ax.set_title(
-        _title(results, sweep, "PRM phase diagram (mean, 95 % CI; bigger marker = larger α)"),
+        _title(results, sweep, "PRM phase diagram (mean, 95 % CI)"),
         fontsize=10,
     )
-    ax.legend(fontsize=8, title="group", title_fontsize=8)
+    ax.legend(fontsize=8, title="group (bigger marker = larger α)", title_fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
