@@ -142,3 +142,22 @@ def test_profile_selection(project: FakeProject, env, args, ini, expected):
     result.assert_outcomes(passed=1)
     draws = 2 if expected == "quick" else 3  # the built-in quick profile caps draws at 2
     result.stdout.fnmatch_lines([f"*PROFILE {expected} {draws}*"])
+
+
+def test_prm_errors_are_one_line_only_in_prm_tests(project: FakeProject):
+    project.pytester.makepyfile(
+        test_mixed="""
+from prm_check.errors import DataError
+
+def test_uses_prm(prm_spec):
+    raise DataError("the eval split is empty")
+
+def test_plain():
+    raise DataError("a bug elsewhere keeps its traceback")
+"""
+    )
+    result = project.pytester.runpytest("test_mixed.py")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "\nDataError: the eval split is empty\n" in out
+    assert "def test_plain():" in out  # pytest's usual traceback for the other test

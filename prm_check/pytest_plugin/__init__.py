@@ -121,6 +121,15 @@ def _budget_details(exc: BudgetExceeded, item: pytest.Item) -> str:
     return "\n".join(lines)
 
 
+def _uses_prm(item: pytest.Item, exc: BaseException) -> bool:
+    """Whether a failure is the plugin's to word: spec items, prm fixtures / marker, breaches."""
+    if isinstance(exc, BudgetExceeded) or isinstance(item.parent, collect.SpecModule):
+        return True
+    if item.get_closest_marker(options.MARK_BUDGET) is not None:
+        return True
+    return any(name.startswith("prm_") for name in getattr(item, "fixturenames", ()))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Budget breaches and prm_check errors: one line, details in a report section."""
@@ -128,6 +137,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     exc = call.excinfo.value if call.excinfo is not None else None
     if not report.failed or not isinstance(exc, PrmCheckError):
         return report
+    if item.config.getoption("fulltrace", False) or not _uses_prm(item, exc):
+        return report  # someone else's test: keep pytest's traceback for debugging
     breach = exc
     while isinstance(breach, UpstreamFailed):
         breach = breach.cause
