@@ -152,3 +152,16 @@ def test_plan_table_and_cli_parser(capsys):
 def test_plan_table_measures_probe_time_where_the_model_fits():
     text = plan_table("builtin:tiny-opt", 2, 32, "2GiB", method="gradient")
     assert "measured: 1 gradient step on 2x32 in a guarded child" in text
+
+
+@pytest.mark.parametrize("engine", ["operator", "standin"])
+def test_calibration_steps_run_every_method(engine):
+    from prm_check.budget.steps import METHODS, run_step
+
+    cfg = {**KNOWN_SHAPES["builtin:tiny-opt"], "hidden_size": 16, "ffn_dim": 32,
+           "num_hidden_layers": 1, "num_attention_heads": 2, "word_embed_proj_dim": 16,
+           "vocab_size": 64}  # fmt: skip
+    methods = METHODS if engine == "standin" else ("gradient", "lanczos")  # import is slow
+    for method in methods:
+        out = run_step(cfg, method, 2, 8, m=3, engine=engine)
+        assert out["peak_rss_bytes"] >= out["start_rss_bytes"] > 0 and out["wall_s"] > 0

@@ -6,9 +6,13 @@ GBs of address space) before it imports anything heavy, so an over-limit allocat
 a catchable error there; the parent SIGKILLs the child's whole process group at the time
 limit, because a native torch call cannot be interrupted by a signal handler.
 
-Costs (2 contended cores, torch 2.13 CPU): spawning a bare child ~0.05 s, importing torch
-in it ~1.0-1.4 s, transformers model classes ~3.5-4 s more. A :class:`GuardWorker` keeps
-one child warm across steps, so a step then pays only a pipe round trip and a result file.
+Costs (measured on 2 shared cores at load average ~10, torch 2.13 CPU): spawning a bare
+child 0.23 s; with ``import torch`` 1.4 s idle, 3.3-5 s contended (VmData 217 MiB, RSS
+231 MiB); ``transformers`` adds little until model classes load (then VmData ~415 MiB).
+So a fresh child is for steps of tens of seconds and more. A :class:`GuardWorker` keeps one
+child warm: a step then pays a pipe round trip and a result file, 11-22 ms per call
+(1-2 % of a 1 s step). Time budgets count from the step's start, not the child's start-up
+(bounded separately by ``startup_timeout``).
 
 Rules for steps: ``fn`` must be importable (module-level), its arguments and result
 picklable. Results come back through a private temp file (``torch.save`` when the child has

@@ -57,8 +57,8 @@ KNOWN_SHAPES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 # Fitted by calibrate() (see FIT_NOTE); RUNTIME is the RSS of a spawned child after
-# importing torch + transformers (measured 377-388 MiB).
-RUNTIME_BYTES = 388 * 2**20
+# importing torch + transformers and building OPT classes (measured 377-406 MiB).
+RUNTIME_BYTES = 400 * 2**20
 ALPHA: dict[str, float] = {"gradient": 1.0, "hvp_rev": 3.0, "hvp_fwd": 4.0}
 BETA_LAYERS: dict[str, float] = {"gradient": 1.0, "hvp_rev": 2.0, "hvp_fwd": 3.0}
 BETA_LOGITS: dict[str, float] = {"gradient": 4.0, "hvp_rev": 8.0, "hvp_fwd": 8.0}
@@ -320,6 +320,7 @@ def measure_points(
     seq: int = 128,
     methods: Sequence[str] = ("gradient", "hvp_rev", "hvp_fwd"),
     memory: str = "10GiB",
+    engine: str = "operator",
 ) -> list[dict[str, Any]]:
     """Run each step in a fresh guarded child (a fresh heap per point) and meter it."""
     from prm_check.budget.guard import run_guarded
@@ -332,12 +333,13 @@ def measure_points(
         for method in methods:
             for mb in batches.get(name, (1, 2, 4)):
                 res = run_guarded(
-                    run_step, shape.config, method, mb, seq, memory=memory, seconds=1800,
+                    run_step, shape.config, method, mb, seq, engine=engine,
+                    memory=memory, seconds=1800,
                     stage=f"calibrate {name} {method} {mb}x{seq}",
                     preload=("torch", "transformers"),
                 )  # fmt: skip
                 rows.append({"model": name, "method": method, "batch": mb, "seq": seq,
-                             **res.value})  # fmt: skip
+                             "engine": engine, **res.value})  # fmt: skip
     return rows
 
 

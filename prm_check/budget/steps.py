@@ -2,9 +2,10 @@
 
 Why here: the planner's constants must be re-derivable (``planner.calibrate``) on the
 machine at hand, by running exactly these steps in guarded children on random-weight OPT
-models built from a config (no download). Uses :mod:`prm_check.curvature` when it is
-importable; until then a stand-in with the same cost structure (reverse-over-reverse with
-one ``create_graph`` gradient reused for the probes, or ``jvp(grad)``).
+models built from a config (no download). ``engine="operator"`` runs the project's
+:class:`~prm_check.curvature.operator.HessianOperator` (flat vectors: more parameter-sized
+buffers); ``engine="standin"`` a minimal reverse-over-reverse / ``jvp(grad)`` on tensor
+lists, kept so the guard and planner do not depend on the curvature package.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def run_step(
     m: int = 0,
     seed: int = 0,
     repeat: int = 1,
+    engine: str = "operator",
 ) -> dict[str, float]:
     """Build the model, then run and meter ``repeat`` ``method`` steps on ``batch`` x ``seq``.
 
@@ -123,17 +125,10 @@ def run_step(
     params = [p for p in model.parameters() if p.requires_grad]
     data = random_batch(config["vocab_size"], batch, seq, seed)
     peak, start = 0, 0
+    step = _operator_step if engine == "operator" else _standin_step
     for i in range(max(repeat, 1)):
         with Meter() as meter:
-            if method == "gradient":
-                torch.autograd.grad(_loss(model, data), params)
-            elif method == "hvp_rev":
-                _hvps_rev(model, data, params, probes, keep=0)
-            elif method == "hvp_fwd":
-                for _ in range(probes):
-                    _hvp_fwd(model, data, params)
-            else:  # Lanczos / one SLQ probe: m matvecs, the Krylov basis of m vectors kept
-                _hvps_rev(model, data, params, max(m, 1), keep=max(m, 1))
+            step(model, data, params, method, probes, m)
         peak = max(peak, meter.peak_rss_bytes)
         start = meter.start_rss_bytes if i == 0 else start
     return {
@@ -143,3 +138,36 @@ def run_step(
         "cpu_s": meter.cpu_s,
         "n_params": float(sum(p.numel() for p in params)),
     }
+
+
+def _operator_step(model, data, params, method: str, probes: int, m: int) -> None:
+    import torch
+
+    from prm_check.curvature.operator import HessianOperator
+
+    op = HessianOperator(model, [data], method="fwd" if method == "hvp_fwd" else "rev")
+    if method == "gradient":
+        op.gradient()
+        return
+    krylov = method in ("lanczos", "slq")
+    basis = []  # Lanczos / one SLQ probe keep the Krylov basis of m vectors
+    for k in range(max(m, 1) if krylov else probes):
+        g = torch.Generator().manual_seed(k)
+        hv = op.matvec((torch.randint(0, 2, (op.n,), generator=g) * 2 - 1).to(op.dtype))
+        if krylov:
+            basis.append(hv)
+        del hv
+
+
+def _standin_step(model, data, params, method: str, probes: int, m: int) -> None:
+    import torch
+
+    if method == "gradient":
+        torch.autograd.grad(_loss(model, data), params)
+    elif method == "hvp_rev":
+        _hvps_rev(model, data, params, probes, keep=0)
+    elif method == "hvp_fwd":
+        for _ in range(probes):
+            _hvp_fwd(model, data, params)
+    else:
+        _hvps_rev(model, data, params, max(m, 1), keep=max(m, 1))
