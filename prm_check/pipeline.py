@@ -639,6 +639,7 @@ def stage_fidelity(spec, out: Path, up: dict, model_override, progress) -> dict:
         seed=spec.model.seed,
     )
     full = res.as_dict()
+    full["figures"] = {k: Path(v).name for k, v in full.get("figures", {}).items()}
     return {k: v for k, v in full.items() if k in fs.variants or k not in ("legacy", "calibrated")}
 
 

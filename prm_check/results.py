@@ -148,7 +148,7 @@ def write_outputs(
     progress: Callable[[str], None] | None = None,
 ) -> None:
     """results.json, results.csv, units.csv (+ figures and index.html), each atomically."""
-    from prm_check.report.store import atomic_write_json, write_csv
+    from prm_check.report.store import atomic_write_bytes, atomic_write_json, write_csv
 
     out_dir.mkdir(parents=True, exist_ok=True)
     header, rows = unit_rows(results, stage_dirs)
@@ -157,6 +157,11 @@ def write_outputs(
     header, rows = sweep_rows(results)
     write_csv(out_dir / "results.csv", header, rows)
     atomic_write_json(out_dir / "results.json", results)
+    fid_dir = stage_dirs.get("fidelity")
+    for name in ((results.get("fidelity") or {}).get("figures") or {}).values():
+        src = fid_dir / name if fid_dir else None
+        if src is not None and src.is_file():
+            atomic_write_bytes(out_dir / Path(name).name, src.read_bytes())
     if report:
         from prm_check.report.html import write_report
 
