@@ -637,6 +637,7 @@ def stage_fidelity(spec, out: Path, up: dict, model_override, progress) -> dict:
         partition_rule=None if rule == "contrast" else partition_rule,
         thresholds=th,
         seed=spec.model.seed,
+        out_dir=out,
     )
     full = res.as_dict()
     full["figures"] = {k: Path(v).name for k, v in full.get("figures", {}).items()}
