@@ -48,9 +48,12 @@ def measure_probe_time(p: Plan, memory: int | None, max_params: float) -> tuple[
         )  # fmt: skip
     except BudgetExceeded as exc:
         return None, f"skipped: the timing step broke its budget ({exc})"
+    except Exception as exc:  # a timing failure must not hide the plan itself
+        return None, f"skipped: the timing step failed ({type(exc).__name__}: {exc})"
     per_micro = float(res.value["wall_s"])
     return per_micro * p.n_micro, (
-        f"measured: 1 {method} step on {p.micro_batch}x{p.seq} in a guarded child "
+        f"measured: 1 {method} step on {p.micro_batch}x{p.seq} in a guarded child, "
+        f"engine {res.value['engine']} "
         f"({format_seconds(per_micro)}) x {p.n_micro} micro-batch(es); shared CPUs vary"
     )
 

@@ -2,7 +2,8 @@
 
 Why here: the planner's constants must be re-derivable (``planner.calibrate``) on the
 machine at hand, by running exactly these steps in guarded children on random-weight OPT
-models built from a config (no download). ``engine="operator"`` runs the project's
+models built from a config (no download). ``engine="operator"`` (the ``"auto"`` default
+when importable) runs the project's
 :class:`~prm_check.curvature.operator.HessianOperator` (flat vectors: more parameter-sized
 buffers); ``engine="standin"`` a minimal reverse-over-reverse / ``jvp(grad)`` on tensor
 lists, kept so the guard and planner do not depend on the curvature package.
@@ -106,8 +107,8 @@ def run_step(
     m: int = 0,
     seed: int = 0,
     repeat: int = 1,
-    engine: str = "operator",
-) -> dict[str, float]:
+    engine: str = "auto",
+) -> dict[str, Any]:
     """Build the model, then run and meter ``repeat`` ``method`` steps on ``batch`` x ``seq``.
 
     Returns the step's own readings (model build excluded): absolute peak RSS over all
@@ -124,6 +125,13 @@ def run_step(
     model = build_model(config, dtype, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     data = random_batch(config["vocab_size"], batch, seq, seed)
+    if engine == "auto":
+        try:
+            import prm_check.curvature.operator  # noqa: F401
+        except ImportError:
+            engine = "standin"
+        else:
+            engine = "operator"
     peak, start = 0, 0
     step = _operator_step if engine == "operator" else _standin_step
     for i in range(max(repeat, 1)):
@@ -137,6 +145,7 @@ def run_step(
         "wall_s": meter.wall_s,
         "cpu_s": meter.cpu_s,
         "n_params": float(sum(p.numel() for p in params)),
+        "engine": engine,
     }
 
 
