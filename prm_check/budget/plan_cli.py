@@ -24,7 +24,6 @@ _LABELS = {
     "hvp buffers": "HVP overhead: parameter-sized buffers",
     "hvp activations": "HVP overhead: second-order activations",
     "krylov basis": "Krylov basis (m vectors)",
-    "accumulator": "micro-batch accumulator",
 }
 
 

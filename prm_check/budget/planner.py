@@ -4,7 +4,7 @@ Why a model and not a trial run: OPT-1.3b/2.7b must be planned on a box that can
 them, so parameters are counted on the ``meta`` device and the peak is a formula:
 
     peak = RUNTIME + P·d·(1 + alpha[m]) + (beta_layers[m]·A_L + beta_logits[m]·A_V)·d
-           (+ m·P·d Krylov basis for Lanczos/SLQ, + P·d accumulator with > 1 micro-batch)
+           (+ m·P·d Krylov basis for Lanczos/SLQ)
     A_L = mb·S·L·(12·h + 2·f + 3·heads·S),   A_V = mb·S·V      (elements)
 
 ``P`` parameters, ``d`` bytes per element, ``L`` layers, ``h`` hidden, ``f`` ffn, ``V``
@@ -13,10 +13,12 @@ q/k/v, attention scores/probabilities per head, fc1 in/out, residuals); ``A_V`` 
 logits-sized tensor. Two activation terms because the peak sits at different moments: for
 a small model it is the end of the forward (layer activations), for OPT-125m the end of the
 backward (gradients complete, layer activations freed, logit gradients alive). The terms
-are added, not max-ed, which errs on the safe side. Coefficients are fitted per method by
-:func:`calibrate` (non-negative least squares in relative error). Predictions are of the
-absolute peak RSS of a guarded child (spawn + torch + transformers included), i.e. what
-``run_guarded`` meters; float32 on CPU is calibrated, other dtypes are scaled by bytes.
+are added, not max-ed, which errs on the safe side. More micro-batches cost time, not
+memory: the operator sums them into the output buffer it always holds (inside ``alpha``).
+Coefficients are fitted per method by :func:`calibrate` (non-negative least squares in
+relative error). Predictions are of the absolute peak RSS of a guarded child (spawn +
+torch + transformers included), i.e. what ``run_guarded`` meters; float32 on CPU is
+calibrated, other dtypes are only scaled by bytes per element.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ def predict_terms(
     seq: int,
     dtype: str = "float32",
     m: int = 0,
-    n_micro: int = 1,
+    n_micro: int = 1,  # kept for callers; micro-batch count does not change the peak
 ) -> dict[str, float]:
     """Predicted peak split into named terms (bytes); their sum is the predicted peak."""
     if dtype not in DTYPES:
@@ -191,7 +193,6 @@ def predict_terms(
         "hvp buffers": 0.0,
         "hvp activations": 0.0,
         "krylov basis": 0.0,
-        "accumulator": float(pd) if n_micro > 1 else 0.0,
     }
     if key != "gradient":
         terms["hvp buffers"] = (ALPHA[key] - ALPHA["gradient"]) * pd
