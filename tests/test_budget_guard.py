@@ -181,7 +181,7 @@ def test_opt125m_hvp_under_1_5_gib_fails_in_child_then_parent_continues():
                     preload=("torch", "transformers"))  # fmt: skip
     err = info.value
     assert (err.kind, err.stage, err.limit) == ("memory", "hvp opt-125m", int(1.5 * 2**30))
-    assert err.observed > 1.0 * 2**30  # weights + gradients of 125M float32 were resident
+    assert err.observed > 800 * 2**20  # runtime + 125M float32 weights were resident
     assert "hvp opt-125m" in str(err) and "1.5 GiB" in str(err) and "refused" in str(err)
     ok = run_guarded(allocate, 2**20, memory="1.5GiB", seconds=60, stage="after")
     assert ok.value == 2**20

@@ -162,10 +162,11 @@ def _operator_step(model, data, params, method: str, probes: int, m: int) -> Non
     basis = []  # Lanczos / one SLQ probe keep the Krylov basis of m vectors
     for k in range(max(m, 1) if krylov else probes):
         g = torch.Generator().manual_seed(k)
-        hv = op.matvec((torch.randint(0, 2, (op.n,), generator=g) * 2 - 1).to(op.dtype))
+        v = torch.empty(op.n, dtype=op.dtype).bernoulli_(0.5, generator=g).mul_(2).sub_(1)
+        hv = op.matvec(v)  # a Rademacher probe built in place: no int64 temporary
         if krylov:
             basis.append(hv)
-        del hv
+        del hv, v
 
 
 def _standin_step(model, data, params, method: str, probes: int, m: int) -> None:
