@@ -333,7 +333,12 @@ class GuardWorker:
         with _staging(outputs) as staged:
             self._conn.send({"payload": payload, "memory": memory_b, "staged": staged})
             t_sent = time.perf_counter()
-            if not self._conn.poll(seconds_f):
+            try:
+                answered = self._conn.poll(seconds_f)
+            except BaseException:  # e.g. Ctrl-C in the parent: never leave the child running
+                self.kill()
+                raise
+            if not answered:
                 ran = time.perf_counter() - t_sent
                 self.kill()
                 raise BudgetExceeded("time", seconds_f, ran, stage)
