@@ -171,6 +171,8 @@ def test_failure_mid_build_leaves_no_valid_cache(monkeypatch, tmp_path):
         raise RuntimeError("simulated crash in the planted stage")
 
     monkeypatch.setattr(builtin, "planted_finetune", boom)
+    stale = tmp_path / f".{cache_key(0, mini_recipe())}.tmp-deadbuild"
+    stale.mkdir()  # left by a killed build; the next build under the lock removes it
     with pytest.raises(RuntimeError, match="simulated"):
         build_default(0, cache_dir=tmp_path, recipe=mini_recipe(), progress=_quiet)
     assert not (tmp_path / cache_key(0, mini_recipe())).exists()

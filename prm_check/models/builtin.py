@@ -81,11 +81,15 @@ _DEFAULT_RECIPE: dict = {
         "weight_decay": 0.01,
     },
     "full": {"steps": 150, "lr": 1e-3, "corpus_batch": 16, "record_batch": 32},
+    # Planted: 25 % of fc1 neurons in every layer (131k trainable scalars). Measured on seed 0
+    # (eval AUC at step 100): lr 1e-3 / 32 records per step 0.595, 3e-3 / 32 0.617,
+    # 6e-3 / 32 0.592, 3e-3 / 64 records + 8 corpus chunks 0.630; lr 1e-3 / 32 reached only
+    # 0.621 at step 150, so the planted run gets more member records per step and a higher lr.
     "planted": {
-        "steps": 400,
-        "lr": 1e-3,
-        "corpus_batch": 16,
-        "record_batch": 32,
+        "steps": 450,
+        "lr": 3e-3,
+        "corpus_batch": 8,
+        "record_batch": 64,
         "fraction": 0.25,
         "layers": [0, 1, 2, 3],
     },
@@ -332,6 +336,8 @@ def build_default(
         if not force and _is_complete(final):
             return final
         progress(f"building {BUILTIN_NAME} seed {seed} into {final}")
+        for stale in cache_dir.glob(f".{key}.tmp-*"):  # we hold the lock: these are dead builds
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir))
         try:
             _build_into(tmp, seed, recipe, key, progress)
