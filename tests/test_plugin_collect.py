@@ -161,3 +161,16 @@ def test_plain():
     out = result.stdout.str()
     assert "\nDataError: the eval split is empty\n" in out
     assert "def test_plain():" in out  # pytest's usual traceback for the other test
+
+
+def test_fidelity_items_test_the_specs_hypothesis(project: FakeProject):
+    differ = SMALL_SPEC.replace('expect_legacy = "match"', 'expect_legacy = "differ"')
+    project.spec(differ)
+    result = project.pytester.runpytest("-k", "fidelity and not budget")
+    # the fake synthetic table passes every measure: "differ" must fail, "match" must pass
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*synthetic[[]legacy[]] passed every fidelity measure*"])
+    project.behave(shift=-0.6)  # the fake KS p-value drops below its threshold
+    result = project.pytester.runpytest("-k", "fidelity and not budget")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*synthetic[[]calibrated[]] != real*"])

@@ -177,21 +177,35 @@ def check(_prm_ctx: ItemContext, check_id: str) -> None:
 
 
 def fidelity(_prm_ctx: ItemContext, variant: str) -> None:
-    """The synthetic variant passes every fidelity measure against the real statistics."""
+    """The synthetic variant's fidelity verdict equals the spec's hypothesis for it.
+
+    ``expect_<variant> = "match"``: every measure must pass; ``"differ"``: at least one
+    must fail, i.e. the harness tells the synthetic shortcut apart from real statistics.
+    """
     ctx = _prm_ctx
     rep = (ctx.stage("fidelity") or {}).get(variant)
     if rep is None:
         pytest.fail(f"fidelity stage has no variant {variant!r}", pytrace=False)
+    expect = ctx.spec.fidelity.expectation(variant)
+    ctx.metric("expect", expect)
     for m in rep.get("measures") or []:
         ctx.metric(f"measure.{m['name']}", m.get("value"))
-    if rep.get("verdict") != "pass":
+    failed = [m for m in rep.get("measures") or [] if m.get("passed") is False]
+    ctx.metric("failed_measures", len(failed))
+    if expect == "match" and rep.get("verdict") != "pass":
         lines = [
             f"{m['name']} = {m.get('value')!r}, needs {m['op']} {m['threshold']!r}"
             + (f" ({m['detail']})" if m.get("detail") else "")
-            for m in rep.get("measures") or []
-            if m.get("passed") is False
+            for m in failed
         ]
         require(lines or [f"verdict {rep.get('verdict')!r}"], f"synthetic[{variant}] != real")
+    if expect == "differ" and not failed:
+        pytest.fail(
+            f"synthetic[{variant}] passed every fidelity measure against the real statistics, "
+            "but the spec expects the harness to tell them apart (fidelity.expect_"
+            f"{variant} = 'differ')",
+            pytrace=False,
+        )
 
 
 def budget(_prm_ctx: ItemContext, stage: str) -> None:

@@ -44,7 +44,9 @@ DEFAULT_CHECKS = (
 )
 
 # The Hessian stage is the one that used to exhaust memory: it gets a tighter limit.
-DEFAULT_BUDGETS = BudgetSpec(stages={"curvature": StageBudget(memory="2 GiB")})
+DEFAULT_BUDGETS = BudgetSpec(
+    stages={"assets": StageBudget(seconds="45 min"), "curvature": StageBudget(memory="2 GiB")}
+)
 
 
 class SpecFileError(SpecError):

@@ -54,7 +54,16 @@ BASELINES = ("weight_norm", "grad_norm", "random", "weight_delta")
 ORACLE_BASELINES = ("weight_delta",)  # |w - w_reference|: finds planted units by construction
 NOISE_SCALES = ("tensor", "row")
 FIDELITY_VARIANTS = ("legacy", "calibrated")
-STAGES = ("assets", "curvature", "partition", "sweep", "fidelity", "report")
+STAGES = (
+    "assets",
+    "baseline",
+    "curvature",
+    "partition",
+    "sweep",
+    "embedding",
+    "fidelity",
+    "report",
+)
 PROFILES = ("quick", "full")
 SEED = Integer(0, 2**63 - 1)
 _PATH = r"(?s)[^\s\x00](?:[^\x00]*[^\s\x00])?"  # no NUL, no surrounding whitespace
@@ -190,9 +199,17 @@ class FidelitySpec:
     corr_distance_max: float = spec_field(0.5, Real(0.0))
     ari_min: float = spec_field(0.5, Real(-1.0, 1.0))
     prm_sign_agreement_min: float = spec_field(0.75, Real(0.0, 1.0))
+    # The hypothesis each fidelity item tests: "differ" = the harness must tell this
+    # synthetic table apart from the real one (the shortcut is detectably wrong); "match" =
+    # it must pass every measure (synthetic could stand in for real).
+    expect_legacy: str = spec_field("differ", Choice(("match", "differ")))
+    expect_calibrated: str = spec_field("differ", Choice(("match", "differ")))
 
     def __post_init__(self) -> None:
         validate_fields(self)
+
+    def expectation(self, variant: str) -> str:
+        return self.expect_legacy if variant == "legacy" else self.expect_calibrated
 
 
 @dataclass(frozen=True)

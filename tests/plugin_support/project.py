@@ -16,6 +16,11 @@ name = "small"
 [sweep]
 levels = [0.0, 0.1, 0.3]
 
+[fidelity]
+# the fake runner's synthetic tables pass every measure
+expect_legacy = "match"
+expect_calibrated = "match"
+
 [[checks]]
 group = "Wsens"
 level = 0.3
