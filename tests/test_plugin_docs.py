@@ -1,4 +1,4 @@
-"""docs/pytest-plugin.md: its example test file runs as shown, its item listing is real."""
+"""README.md's pytest-plugin section: its example test file runs as shown, its item listing is real."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from tests.plugin_support.project import REPO, FakeProject
 
 pytest_plugins = ["pytester", "tests.plugin_support.fixtures"]
 
-DOC = REPO / "docs" / "pytest-plugin.md"
+DOC = REPO / "README.md"
 
 
 def _example() -> str:
