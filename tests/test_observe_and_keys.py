@@ -1,0 +1,91 @@
+"""Checks read their observed value from results.json; stage cache keys follow their inputs."""
+
+import dataclasses
+
+import pytest
+
+from prm_check.observe import evaluate_check, observed_value
+from prm_check.pipeline import stage_keys, unit_module
+from prm_check.spec import default_spec
+from prm_check.spec.checks import CheckSpec
+
+RESULTS = {
+    "sweep": {
+        "summary": [
+            {"group": "Wsens", "level": 0.3, "metric": "delta_auc_loss", "mean": -0.02},
+            {"group": "control", "level": 0.3, "metric": "delta_auc_loss", "mean": -0.005},
+            {"group": "Wfunc", "level": 0.3, "metric": "delta_auc_loss", "mean": -0.01},
+        ],
+        "versus_control": [
+            {
+                "group": "Wsens",
+                "level": 0.3,
+                "metric": "delta_auc_loss",
+                "diff": -0.015,
+                "basis": "equal_alpha",
+            },
+        ],
+    },
+    "partition": {
+        "planted_eval": [
+            {
+                "name": "obd",
+                "kind": "hessian_rule",
+                "roc_auc": 0.85,
+                "wsens": [{"q": 0.05, "lift": 4.0, "precision": 0.4, "recall": 0.2}],
+            },
+            {"name": "weight_norm_row", "kind": "baseline", "roc_auc": 0.6, "wsens": []},
+            {"name": "weight_delta", "kind": "oracle", "roc_auc": 1.0, "wsens": []},
+        ]
+    },
+}
+
+
+def test_observed_values_come_from_the_right_rows():
+    c = CheckSpec(group="Wsens", level=0.3, metric="delta_auc_loss", op="<", value=0.0)
+    assert observed_value(RESULTS, c, "obd") == -0.02
+    v = CheckSpec(group="Wsens", level=0.3, metric="delta_auc_loss_vs_control", op="<", value=0)
+    assert observed_value(RESULTS, v, "obd") == -0.015
+    w = CheckSpec(group="Wfunc", level=0.3, metric="delta_auc_loss_vs_control", op="<", value=0)
+    assert observed_value(RESULTS, w, "obd") == pytest.approx(-0.005)
+    m = CheckSpec(group="planted", metric="partition_auc_margin", op=">", value=0)
+    assert observed_value(RESULTS, m, "obd") == pytest.approx(0.25)  # oracle excluded
+    lift = CheckSpec(group="planted", level=0.05, metric="partition_lift", op=">=", value=2)
+    assert observed_value(RESULTS, lift, "obd") == 4.0
+
+
+def test_missing_values_fail_the_check_with_a_reason():
+    c = CheckSpec(group="Wboth", level=0.3, metric="delta_auc_loss", op="<", value=0.0)
+    row = evaluate_check(RESULTS, c, "obd")
+    assert row["passed"] is False and row["observed"] is None
+    assert "Wboth" in row["error"]
+    ok = evaluate_check(
+        RESULTS,
+        CheckSpec(group="Wsens", level=0.3, metric="delta_auc_loss", op="<", value=0.0),
+        "obd",
+    )
+    assert ok["passed"] is True and ok["error"] is None
+
+
+def test_stage_keys_change_only_downstream_of_an_edit():
+    spec = default_spec()
+    base = stage_keys(spec)
+    edited = dataclasses.replace(spec, sweep=dataclasses.replace(spec.sweep, draws=5))
+    k = stage_keys(edited)
+    for stage in ("assets", "curvature", "partition", "embedding"):
+        assert k[stage] == base[stage], stage
+    for stage in ("baseline", "sweep", "fidelity"):
+        assert k[stage] != base[stage], stage
+    curv = dataclasses.replace(spec, curvature=dataclasses.replace(spec.curvature, probes=8))
+    k = stage_keys(curv)
+    assert k["assets"] == base["assets"] and k["curvature"] != base["curvature"]
+    assert k["partition"] != base["partition"] and k["sweep"] != base["sweep"]
+
+
+def test_unit_module():
+    assert unit_module("model.decoder.layers.1.fc1[17]") == "model.decoder.layers.1.fc1"
+    assert (
+        unit_module("model.decoder.layers.0.self_attn.head[2]")
+        == "model.decoder.layers.0.self_attn"
+    )
+    assert unit_module("model.decoder.layers.0.fc2") == "model.decoder.layers.0.fc2"
