@@ -27,8 +27,13 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/prm-check run experiments/default.prm.toml $(RUN_ARGS)
 
+# The unit/property/plugin suite, then the default experiment in its quick profile as pytest
+# items, gated against the committed baseline. Hypothesis checks (check[...]) are findings that
+# `make run` reports; CI gates on pipeline health, budgets, fidelity and regressions.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest experiments/default.prm.toml --prm-profile quick -k "not check" \
+		--prm-baseline reports/baseline.json -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks -p no:randomly --benchmark-json=reports/bench/pytest-benchmark.json $(PYTEST_ARGS)

@@ -77,6 +77,7 @@ def stage_keys(spec, model_override: str | None = None) -> dict[str, str]:
     d = spec_to_dict(spec)
     if model_override:
         d["model"] = {**d["model"], "source": str(Path(model_override).resolve())}
+    d["model"] = {**d["model"], "identity": model_identity(d["model"]["source"], spec.model.seed)}
     keys: dict[str, str] = {}
     for stage in STAGES:
         parts = {
@@ -87,6 +88,19 @@ def stage_keys(spec, model_override: str | None = None) -> dict[str, str]:
         }
         keys[stage] = _sha(parts)[:20]
     return keys
+
+
+def model_identity(source: str, seed: int) -> str:
+    """What the model *is*, for cache keys: the built-in recipe key, or a local folder's
+    weight files (name, size, mtime), so a rebuilt or replaced model invalidates every stage.
+    """
+    from prm_check.models.builtin import BUILTIN_NAME, cache_key
+
+    if source == BUILTIN_NAME:
+        return cache_key(seed)
+    folder = Path(source)
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    return _sha([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
 
 
 def stage_dir(stage: str, key: str) -> Path:
