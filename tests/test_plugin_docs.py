@@ -1,4 +1,4 @@
-"""README.md's pytest-plugin section: its example test file runs as shown, its item listing is real."""
+"""README.md's pytest-plugin section: its example test runs as shown, its item listing is real."""
 
 from __future__ import annotations
 
