@@ -10,7 +10,7 @@ pytest_plugins = ["pytester", "tests.plugin_support.fixtures"]
 
 # No fidelity variants: only budget[fidelity] reads the fidelity stage, so a breach there
 # must fail exactly that item.
-LEAF_SPEC = SMALL_SPEC.replace('name = "small"', 'name = "small"\n\n[fidelity]\nvariants = []')
+LEAF_SPEC = SMALL_SPEC.replace("[fidelity]\n", "[fidelity]\nvariants = []\n")
 
 
 def _budget_spec(memory: str = "none", seconds: str = "none") -> str:
