@@ -90,6 +90,15 @@ def stage_keys(spec, model_override: str | None = None) -> dict[str, str]:
     return keys
 
 
+def check_model_source(source: str) -> None:
+    """Fail before any heavy work when a local model folder is missing or incomplete."""
+    from prm_check.models.builtin import BUILTIN_NAME
+    from prm_check.models.loading import check_folder
+
+    if source != BUILTIN_NAME:
+        check_folder(Path(source).expanduser())
+
+
 def model_identity(source: str, seed: int) -> str:
     """What the model *is*, for cache keys: the built-in recipe key, or a local folder's
     weight files (name, size, mtime), so a rebuilt or replaced model invalidates every stage.
@@ -855,6 +864,7 @@ def run_experiment(
     from prm_check.results import assemble_results, write_outputs
 
     out_dir = Path(out_dir)
+    check_model_source(model_override or spec.model.source)
     sections: dict[str, dict] = {}
     records: dict[str, StageRecord] = {}
     worker = None

@@ -34,7 +34,8 @@ class LoadedModel:
         return int(pad if pad is not None else 0)
 
 
-def _check_folder(path: Path) -> dict:
+def check_folder(path: Path) -> dict:
+    """config.json parsed, after checking weights and tokenizer files are present."""
     if not path.exists():
         raise ModelLoadError(
             f"model path {str(path)!r} does not exist; pass a local folder "
@@ -87,7 +88,7 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> Load
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path).expanduser()
-    cfg = _check_folder(path)
+    cfg = check_folder(path)
     config = _check_causal_lm(path, cfg)
     try:
         model = AutoModelForCausalLM.from_pretrained(
