@@ -152,12 +152,12 @@ def load_inputs(spec, model_override: str | None = None, progress: Progress = _q
     """Built-in assets (building on first use), or a local folder with the built-in data."""
     import torch
 
-    from prm_check.models.builtin import BUILTIN_NAME, load_builtin
+    from prm_check.models.builtin import BUILTIN_NAME, build_data, load_builtin
 
     source = model_override or spec.model.source
     dtype = torch.float64 if spec.model.dtype == "float64" else torch.float32
-    assets = load_builtin(spec.model.variant, spec.model.seed, progress=progress)
     if source == BUILTIN_NAME:
+        assets = load_builtin(spec.model.variant, spec.model.seed, progress=progress)
         model = assets.model.to(dtype)
         ref = assets.reference_model.to(dtype)
         info = {
@@ -168,12 +168,14 @@ def load_inputs(spec, model_override: str | None = None, progress: Progress = _q
             "cache_key": assets.cache_key,
         }
         planted = assets.planted.unit_ids() if assets.planted else []
-        tok, pad = assets.tokenizer, assets.pad_id
+        tok, pad, splits = assets.tokenizer, assets.pad_id, assets.splits
     else:
         from prm_check.models.loading import load_causal_lm
 
         lm = load_causal_lm(source, dtype=dtype)
         model, ref, tok, pad = lm.model, None, lm.tokenizer, lm.pad_id
+        # The built-in records and corpus, without training the built-in models.
+        splits = build_data(spec.model.seed)[1]
         info = {
             "source": str(Path(source).resolve()),
             "variant": None,
@@ -187,7 +189,7 @@ def load_inputs(spec, model_override: str | None = None, progress: Progress = _q
             for p in m.parameters():
                 p.requires_grad_(False)
     info["n_params"] = int(sum(p.numel() for p in model.parameters()))
-    return Inputs(model, ref, tok, pad, assets.splits, planted, info)
+    return Inputs(model, ref, tok, pad, splits, planted, info)
 
 
 def _folder_hash(path: Path) -> str:

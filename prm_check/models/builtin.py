@@ -215,10 +215,13 @@ def _save(model, tokenizer, folder: Path) -> None:
             hf_logging.enable_progress_bar()
 
 
-def _build_into(out: Path, seed: int, recipe: dict, key: str, progress: Progress) -> None:
-    """Build everything into ``out`` (a fresh folder); ``data.json`` is written last."""
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+def build_data(seed: int, recipe: dict | None = None) -> tuple[object, DataSplits]:
+    """The built-in tokenizer and data splits alone (under a second, no training).
+
+    Exactly the data the built-in models are trained on, so a local model can be evaluated
+    on the same records without building the built-in models.
+    """
+    recipe = default_recipe() if recipe is None else recipe
     d = recipe["data"]
     docs = corpus_documents()
     tokenizer = train_bpe_tokenizer(docs, recipe["tokenizer"]["vocab_size"])
@@ -237,6 +240,15 @@ def _build_into(out: Path, seed: int, recipe: dict, key: str, progress: Progress
         canaries_per_rep=d["canaries_per_rep"],
         n_canary_references=d["n_canary_references"],
     )
+    return tokenizer, splits
+
+
+def _build_into(out: Path, seed: int, recipe: dict, key: str, progress: Progress) -> None:
+    """Build everything into ``out`` (a fresh folder); ``data.json`` is written last."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    d = recipe["data"]
+    tokenizer, splits = build_data(seed, recipe)
     seq = d["seq_len"]
     corpus_ids = tokenize_texts(tokenizer, splits.corpus_train, seq)
     public_ids = tokenize_texts(tokenizer, splits.public, seq)
@@ -307,7 +319,7 @@ def _build_into(out: Path, seed: int, recipe: dict, key: str, progress: Progress
         "recipe": recipe,
         "recipe_version": RECIPE_VERSION,
         "versions": _versions(),
-        "corpus_sha256": corpus_sha256(docs),
+        "corpus_sha256": corpus_sha256(),
         "planted": planted.to_dict(),
         "weights_sha256": {s: _sha256_file(out / s / "model.safetensors") for s in _SUBFOLDERS},
         "splits_sha256": _json_sha256(split_dict),
