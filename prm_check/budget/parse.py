@@ -64,27 +64,33 @@ def _check_number(value: float, what: str, forms: str, raw: object) -> None:
         raise BudgetError(f"{what} {raw!r} is negative; expected {forms}")
 
 
+def _parse_quantity(
+    value: str | int | float, what: str, forms: str, units: dict[str, float]
+) -> tuple[float, bool]:
+    """(magnitude in base units, whether it came from a unit-bearing string); typed errors."""
+    if isinstance(value, bool):
+        raise BudgetError(f"{what} {value!r} is a boolean; expected {forms}")
+    if isinstance(value, (int, float)):
+        _check_number(float(value), what, forms, value)
+        return float(value), False
+    if not isinstance(value, str):
+        raise BudgetError(f"{what} {value!r} has type {type(value).__name__}; expected {forms}")
+    parts = _split(value)
+    if parts is None or parts[1].lower() not in units:
+        raise BudgetError(f"cannot parse {what} {value!r}; expected {forms}")
+    number, unit = parts
+    _check_number(number, what, forms, value)
+    return number * units[unit.lower()], True
+
+
 def parse_size(value: str | int | float) -> int:
     """Bytes in ``value``: an int/float byte count or a string such as ``"2 GiB"``.
 
     ``MB``/``GB`` are decimal (10^6, 10^9), ``MiB``/``GiB`` and ``M``/``G`` binary.
     Raises :class:`BudgetError` on garbage, negatives, NaN/inf and booleans.
     """
-    if isinstance(value, bool):
-        raise BudgetError(f"memory budget {value!r} is a boolean; expected {SIZE_FORMS}")
-    if isinstance(value, (int, float)):
-        _check_number(float(value), "memory budget", SIZE_FORMS, value)
-        return int(value)
-    if not isinstance(value, str):
-        raise BudgetError(
-            f"memory budget {value!r} has type {type(value).__name__}; expected {SIZE_FORMS}"
-        )
-    parts = _split(value)
-    if parts is None or parts[1].lower() not in _SIZE_UNITS:
-        raise BudgetError(f"cannot parse memory budget {value!r}; expected {SIZE_FORMS}")
-    number, unit = parts
-    _check_number(number, "memory budget", SIZE_FORMS, value)
-    return round(number * _SIZE_UNITS[unit.lower()])
+    size, from_text = _parse_quantity(value, "memory budget", SIZE_FORMS, _SIZE_UNITS)
+    return round(size) if from_text else int(size)
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -92,18 +98,4 @@ def parse_duration(value: str | int | float) -> float:
 
     Raises :class:`BudgetError` on garbage, negatives, NaN/inf and booleans.
     """
-    if isinstance(value, bool):
-        raise BudgetError(f"time budget {value!r} is a boolean; expected {DURATION_FORMS}")
-    if isinstance(value, (int, float)):
-        _check_number(float(value), "time budget", DURATION_FORMS, value)
-        return float(value)
-    if not isinstance(value, str):
-        raise BudgetError(
-            f"time budget {value!r} has type {type(value).__name__}; expected {DURATION_FORMS}"
-        )
-    parts = _split(value)
-    if parts is None or parts[1].lower() not in _DURATION_UNITS:
-        raise BudgetError(f"cannot parse time budget {value!r}; expected {DURATION_FORMS}")
-    number, unit = parts
-    _check_number(number, "time budget", DURATION_FORMS, value)
-    return number * _DURATION_UNITS[unit.lower()]
+    return _parse_quantity(value, "time budget", DURATION_FORMS, _DURATION_UNITS)[0]
