@@ -17,46 +17,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "reports" / "bench" / "curvature.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import OUT_DIR, SEQ, opt_model, worker_main
+from _common import run_isolated as _run_isolated
+
+OUT = OUT_DIR / "curvature.json"
 PARAMS = {"blocks": "model.decoder.layers.*", "all": None}
-SEQ = 128
 
 
 def _model(kind: str):
-    import torch
-    from transformers import OPTConfig, OPTForCausalLM
-
-    torch.manual_seed(0)
-    shape = {
-        "tiny": dict(
-            hidden_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            ffn_dim=512,
-            vocab_size=2048,
-        ),
-        "opt125m": dict(
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            ffn_dim=3072,
-            vocab_size=50272,
-        ),
-    }[kind]
-    cfg = OPTConfig(
-        **shape,
-        max_position_embeddings=2048,
-        word_embed_proj_dim=shape["hidden_size"],
-        dropout=0.0,
-        attention_dropout=0.0,
-    )
-    cfg._attn_implementation = "eager"
-    return OPTForCausalLM(cfg).eval()
+    """The tiny default shape or the OPT-125m shape, random weights (benchmarks/_common.py)."""
+    return opt_model(kind)
 
 
 def worker(cfg: dict) -> dict:
@@ -94,17 +69,20 @@ def worker(cfg: dict) -> dict:
                 torch.autograd.grad(loss, op.params)
         elif mode == "hvp":
             op.matvec(v)
-        else:
-            hutchinson_diagonal(op, cfg["k"], seed=0)
+        else:  # the diagonal probe loop; "probe_se" also keeps per-entry standard errors
+            hutchinson_diagonal(op, cfg["k"], seed=0, entry_stderr=mode == "probe_se")
 
-    step()  # warm-up: allocator, first-call overheads
+    if mode in ("probe", "probe_se"):  # warm-up: allocator, first-call overheads
+        op.matvec(torch.ones(op.n))
+    else:
+        step()
     times, peaks = [], []
     for _ in range(int(cfg.get("repeats", 2))):
         with Meter() as m:
             step()
         times.append(m.wall_s)
         peaks.append(m.peak_rss_bytes)
-    per = cfg["k"] if mode == "probe" else 1
+    per = cfg["k"] if mode.startswith("probe") else 1
     return {
         **cfg,
         "n": op.n,
@@ -114,17 +92,7 @@ def worker(cfg: dict) -> dict:
 
 
 def run_isolated(cfg: dict) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(cfg)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
-    if out.returncode != 0:
-        return {**cfg, "error": out.stderr.strip().splitlines()[-1:]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _run_isolated(__file__, cfg, timeout=900)
 
 
 def grid(quick: bool) -> list[dict]:
@@ -143,6 +111,8 @@ def grid(quick: bool) -> list[dict]:
             for k in ks:
                 for mb in micros:
                     cfgs.append({**base, "mode": "probe", "k": k, "micro": mb, "repeats": 1})
+            if model == "opt125m":  # what per-entry standard errors cost (2n more floats)
+                cfgs.append({**base, "mode": "probe_se", "k": 8, "micro": 1, "repeats": 1})
     return cfgs
 
 
@@ -158,7 +128,9 @@ def summarise(rows: list[dict]) -> list[dict]:
         probes = [
             r
             for r in rows
-            if (r["model"], r["params"]) == key and r["mode"] == "probe" and "time_x_grad" in r
+            if (r["model"], r["params"]) == key
+            and r["mode"].startswith("probe")
+            and "time_x_grad" in r
         ]
         for r in probes:
             tm = (r["time_x_grad"], r["mem_x_grad"])
@@ -214,9 +186,6 @@ def test_bench_curvature(benchmark):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        sys.path.insert(0, str(ROOT))
-        print(json.dumps(worker(json.loads(sys.argv[2]))))
-    else:
+    if not worker_main(worker):
         rows = summarise([run_isolated(c) for c in grid("--quick" in sys.argv)])
         print(table(rows))
