@@ -110,13 +110,15 @@ def speed_section(d: dict[str, Any] | None) -> list[str]:
     out += [
         f"Run {_env_line(d)}. **Timings are wall-clock on a shared 2-core machine that other "
         "jobs were using; ratios to the gradient measured in the same round are more "
-        "meaningful than seconds.**",
+        "meaningful than seconds.** `in-proc MiB` is the VmHWM high-water mark of the "
+        "operation inside the timing process (reset before each operation, so earlier "
+        "allocations the allocator kept can inflate it).",
         "",
         "One fresh process per model times every library in turn, round after round "
         "(A, B, C, D, A, B, ...), after every operation ran once on a very small OPT (first-call "
         "costs); `s/op` is the median over rounds (tiny: 2 rounds after a warm-up round; "
         "OPT-125m shape: 1 round). Peak RSS is the kernel high-water mark "
-        "(VmHWM) of a separate fresh process per (library, operation), absolute (model and "
+        "(VmHWM) of a separate fresh process per (library, probe), absolute (model and "
         "runtime included); `isolated s` is that process's time for the same operation. "
         "`hvp` is one Hessian-vector product from scratch (graph built inside); `probe` is "
         f"per Hutchinson probe, K = {d['probes']} per call, each library's own way "
@@ -135,10 +137,11 @@ def speed_section(d: dict[str, Any] | None) -> list[str]:
             f"{r['model']} ({r['batch']}×128)", r["lib"],
             r["op"] + (f" (K={r['k']})" if r.get("k") else ""), _num(r.get("time_s")),
             _num(r.get("time_x_grad")), _num(r.get("isolated_wall_s")),
-            _num(r.get("peak_mib"), 5), _num(r.get("mem_x_grad")), _num(r.get("matvecs")), err,
+            _num(r.get("peak_mib"), 5), _num(r.get("mem_x_grad")),
+            _num(r.get("inproc_peak_mib"), 5), _num(r.get("matvecs")), err,
         ])  # fmt: skip
     head = ["model", "library", "operation", "s/op", "× grad time", "isolated s",
-            "peak RSS MiB", "× grad mem", "matvecs", "error"]  # fmt: skip
+            "isolated peak MiB", "× grad mem", "in-proc MiB", "matvecs", "error"]  # fmt: skip
     return [*out, *_table(head, rows), ""]
 
 
