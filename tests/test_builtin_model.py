@@ -25,6 +25,8 @@ from prm_check.models.training import (
     PlantedSet,
     StageConfig,
     choose_planted,
+    length_groups,
+    mixed_loss,
     planted_finetune,
 )
 from tests.conftest import make_tiny_opt
@@ -137,6 +139,31 @@ def test_training_is_deterministic_and_mixes_both_sources():
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     with pytest.raises(DataError, match="empty"):
         train_stage(model, [], seqs, cfg, seed=0, pad_id=0, name="t", progress=_quiet)
+
+
+def test_length_groups_partition_by_length_and_cut_padding():
+    lengths = [85, 14, 88, 12, 80, 15, 86, 13]
+    groups = length_groups(lengths, call_cost=16)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[12, 13, 14, 15], [80, 85, 86, 88]]
+    assert length_groups(lengths, call_cost=10_000) == [sorted(range(8), key=lengths.__getitem__)]
+    assert length_groups([]) == []
+
+
+def test_mixed_loss_equals_one_tensor_per_source_loss():
+    from prm_check.data.batching import pad_batch
+    from prm_check.lm import batch_loss_sum
+
+    model = make_tiny_opt(seed=3, hidden=8, layers=1, ffn=16, vocab=16)
+    gen = torch.Generator().manual_seed(2)
+    corpus = [torch.randint(2, 16, (n,), generator=gen).tolist() for n in (12, 12, 9)]
+    records = [torch.randint(2, 16, (n,), generator=gen).tolist() for n in (3, 11, 4, 10)]
+    (c, cn), (r, rn) = (batch_loss_sum(model, pad_batch(s, 0)) for s in (corpus, records))
+    for w in (0.5, 0.85, 1.0):
+        want = (1 - w) * c / cn + w * r / rn
+        got = mixed_loss(model, corpus, records, 0, w)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mixed_loss(model, [], records, 0, 0.5), 0.5 * r / rn)
 
 
 def test_cache_key_depends_on_recipe_and_seed(monkeypatch, tmp_path):

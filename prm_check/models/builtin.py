@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 BUILTIN_NAME = "builtin:tiny-opt"
-RECIPE_VERSION = 1  # bump whenever build code changes what the weights or splits are
+RECIPE_VERSION = 2  # bump whenever build code changes what the weights or splits are
 VARIANTS = ("full", "planted")
 _SUBFOLDERS = ("reference", *VARIANTS)
 
@@ -79,19 +79,42 @@ _DEFAULT_RECIPE: dict = {
         "corpus_batch": 16,
         "record_batch": 32,
         "weight_decay": 0.01,
+        "record_weight": 0.5,
     },
-    "full": {"steps": 150, "lr": 1e-3, "corpus_batch": 16, "record_batch": 32},
-    # Planted: 25 % of fc1 neurons in every layer (131k trainable scalars). Measured on seed 0
-    # (eval AUC at step 100): lr 1e-3 / 32 records per step 0.595, 3e-3 / 32 0.617,
-    # 6e-3 / 32 0.592, 3e-3 / 64 records + 8 corpus chunks 0.630; lr 1e-3 / 32 reached only
-    # 0.621 at step 150, so the planted run gets more member records per step and a higher lr.
-    # This recipe, seed 0: loss / calibrated AUC 0.748 / 0.808 at step 450, 0.742 / 0.818 at
-    # 500, 0.779 / 0.841 at 550 (PPL 84.7 vs reference 88.6); hence 550 steps.
+    # Recipe 2 (cold build was 383 s on the idle 2-core machine: reference 121 s, full 45 s,
+    # planted 215 s; bar 240 s). Every step now pads corpus and records in length groups
+    # (training.length_groups): a member batch mixes ~85-token records with ~14-token
+    # canaries, and one padded tensor spent ~40 % of the planted step on padding (planted
+    # step 0.36 -> 0.20 s, measured idle). Trials below were trained from the recipe-1
+    # reference (seed 0, 1 thread, machine shared: s/step are contended, compare ratios
+    # only), AUCs on the 250 + 250 eval halves (SE ~0.02-0.03):
+    #   full, 16 corpus chunks, record_weight 0.7: loss / calibrated AUC 0.773 / 0.772 at
+    #     150 (calibrated below loss) -> rejected;
+    #   full, 8 corpus chunks, w 0.5 (0.68x the step cost of 16 chunks): 0.728 / 0.735 at
+    #     150, 0.771 / 0.791 at 175, 0.781 / 0.803 at 200 (PPL 73.4 vs reference 88.6),
+    #     0.818 / 0.826 at 225, 0.834 / 0.846 at 250 -> 200 steps (widest calibrated margin).
+    "full": {
+        "steps": 200,
+        "lr": 1e-3,
+        "corpus_batch": 8,
+        "record_batch": 32,
+        "record_weight": 0.5,
+    },
+    # Planted: 25 % of fc1 neurons in every layer (131k trainable scalars), 64 member
+    # records per step, lr 3e-3. Recipe 1 (w 0.5, 8 corpus chunks) needed 550 steps for loss
+    # / calibrated AUC 0.779 / 0.841 (0.748 at 450). Weighting the record loss up is what
+    # speeds memorisation; the corpus term is what keeps perplexity (trials, seed 0):
+    #   no corpus: 0.764 / 0.805 at 150 but PPL 160-171 (1.8-1.9x reference) -> rejected;
+    #   4 chunks, w 0.7: 0.763 / 0.820 at 300, PPL 86.8;
+    #   8 chunks, w 0.7: 0.753 / 0.811 at 250, 0.788 / 0.834 at 300, PPL 85.0;
+    #   8 chunks, w 0.85: 0.771 / 0.815 at 200, 0.795 / 0.838 at 250, 0.826 / 0.864 at 300
+    #     (PPL 85.4; exposure r=1/4/16: 5.75 / 9.87 / 9.97) -> chosen, 300 steps.
     "planted": {
-        "steps": 550,
+        "steps": 300,
         "lr": 3e-3,
         "corpus_batch": 8,
         "record_batch": 64,
+        "record_weight": 0.85,
         "fraction": 0.25,
         "layers": [0, 1, 2, 3],
     },

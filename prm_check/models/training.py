@@ -17,7 +17,7 @@ import torch
 
 from prm_check.data.batching import pad_batch
 from prm_check.errors import DataError
-from prm_check.lm import batch_loss_sum
+from prm_check.lm import token_losses
 
 Progress = Callable[[str], None]
 LAYER_PREFIX = "model.decoder.layers"
@@ -161,11 +161,83 @@ class StageConfig:
     record_batch: int
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    record_weight: float = 0.5
 
     @classmethod
     def from_dict(cls, d: dict) -> StageConfig:
-        keys = ("steps", "lr", "corpus_batch", "record_batch", "weight_decay", "grad_clip")
+        keys = (
+            "steps",
+            "lr",
+            "corpus_batch",
+            "record_batch",
+            "weight_decay",
+            "grad_clip",
+            "record_weight",
+        )
         return cls(**{k: d[k] for k in keys if k in d})
+
+
+# Padded tokens one extra forward/backward call is worth (its fixed Python and kernel-launch
+# cost on this model); a length group is split off only when it saves more padding than this.
+_CALL_COST_TOKENS = 256
+
+
+def length_groups(lengths: Sequence[int], call_cost: int = _CALL_COST_TOKENS) -> list[list[int]]:
+    """Indices grouped into micro-batches of similar length, minimising padded tokens.
+
+    Sorted by length (stable), then cut into contiguous runs by an exact dynamic programme
+    over cost = Σ (group size × its longest length) + ``call_cost`` per group. Why: a member
+    batch mixes ~85-token records with ~14-token canaries; padding them into one tensor
+    spends ~40 % of the step on padding.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    ls = [lengths[i] for i in order]
+    best = [0] + [0] * n  # best[j]: cost of the first j sorted items
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        width = ls[j - 1]
+        best[j], cut[j] = min((best[i] + width * (j - i) + call_cost, i) for i in range(j))
+    groups: list[list[int]] = []
+    j = n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def mixed_loss(
+    model: torch.nn.Module,
+    corpus: Sequence[Sequence[int]],
+    records: Sequence[Sequence[int]],
+    pad_id: int,
+    record_weight: float = 0.5,
+) -> torch.Tensor:
+    """(1 − w)·mean corpus token loss + w·mean record token loss, length-grouped.
+
+    All sequences are padded in groups of similar length (:func:`length_groups`) rather
+    than one tensor per source; the value equals the one-tensor loss up to float rounding.
+    An empty source contributes nothing.
+    """
+    seqs = list(corpus) + list(records)
+    n_corpus = len(corpus)
+    sums = [torch.zeros(()), torch.zeros(())]
+    counts = [0, 0]
+    for group in length_groups([len(s) for s in seqs]):
+        batch = pad_batch([seqs[i] for i in group], pad_id)
+        losses, mask = token_losses(model, batch)
+        row_sums, row_counts = losses.sum(dim=1), mask.sum(dim=1)
+        is_rec = torch.as_tensor([i >= n_corpus for i in group])
+        for src, sel in ((0, ~is_rec), (1, is_rec)):
+            if bool(sel.any()):
+                sums[src] = sums[src] + row_sums[sel].sum()
+                counts[src] += int(row_counts[sel].sum())
+    weights = (1.0 - record_weight, record_weight)
+    loss = torch.zeros(())
+    for s, c, w in zip(sums, counts, weights, strict=True):
+        if c > 0 and w != 0:
+            loss = loss + w * (s / c)
+    return loss
 
 
 def train_stage(
@@ -183,7 +255,7 @@ def train_stage(
     after_step: Callable[[], None] | None = None,
     log_every: int = 50,
 ) -> dict[str, float]:
-    """Minimise ½·(corpus loss + record loss) for ``cfg.steps`` AdamW steps.
+    """Minimise (1 − w)·corpus loss + w·record loss (w = ``cfg.record_weight``, default ½).
 
     ``params`` restricts what the optimiser sees; ``before_step``/``after_step`` hook the
     planted fine-tune's gradient mask and norm projection. Returns loss/time summary.
@@ -194,16 +266,22 @@ def train_stage(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     corpus_s = _EpochSampler(len(corpus), cfg.corpus_batch, seed * 7919 + 1)
     record_s = _EpochSampler(len(records), cfg.record_batch, seed * 7919 + 2)
+    if not 0.0 <= cfg.record_weight <= 1.0:
+        raise DataError(f"stage {name!r}: record_weight must be in [0, 1], got {cfg.record_weight}")
+    if min(cfg.corpus_batch, cfg.record_batch) < 0 or cfg.corpus_batch + cfg.record_batch < 1:
+        raise DataError(f"stage {name!r}: batches must be >= 0 and not both 0")
     model.train()
     t0 = time.perf_counter()
     window: list[float] = []
     first = last = float("nan")
     for step in range(1, cfg.steps + 1):
-        cb = pad_batch([corpus[i] for i in corpus_s.next()], pad_id)
-        rb = pad_batch([records[i] for i in record_s.next()], pad_id)
-        c_sum, c_n = batch_loss_sum(model, cb)
-        r_sum, r_n = batch_loss_sum(model, rb)
-        loss = 0.5 * (c_sum / max(c_n, 1) + r_sum / max(r_n, 1))
+        loss = mixed_loss(
+            model,
+            [corpus[i] for i in corpus_s.next()],
+            [records[i] for i in record_s.next()],
+            pad_id,
+            cfg.record_weight,
+        )
         opt.zero_grad(set_to_none=False)
         loss.backward()
         if before_step is not None:
