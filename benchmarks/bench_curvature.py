@@ -40,11 +40,13 @@ def worker(cfg: dict) -> dict:
 
     import torch
 
+    from prm_check.budget.allocator import return_freed_memory
     from prm_check.budget.meter import Meter
     from prm_check.curvature import HessianOperator, hutchinson_diagonal
     from prm_check.data.batching import Batch
     from prm_check.lm import batch_loss_sum
 
+    return_freed_memory()  # as prm-check's own processes do; applies to every mode alike
     torch.set_num_threads(int(cfg.get("threads", 2)))
     model = _model(cfg["model"])
     gen = torch.Generator().manual_seed(1)

@@ -27,7 +27,7 @@ from typing import Any
 
 from prm_check.errors import DataError, PrmCheckError, SpecError
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: packed Rademacher probes (different draws)
 STAGES = ("assets", "baseline", "curvature", "partition", "sweep", "embedding", "fidelity")
 # Spec sections each stage reads (besides its upstream stages' outputs).
 STAGE_SECTIONS = {

@@ -2,8 +2,9 @@
 
 ``diag(H) = E[v ⊙ H v]`` and ``tr(H) = E[vᵀ H v]`` for Rademacher v. Probes are processed in
 blocks of ``op.probes_per_graph`` that share one gradient graph per micro-batch (graph
-reuse); each probe is regenerated from (seed, index) whenever it is needed, so the state is
-a few length-n vectors however many probes run — never an n×K probe matrix.
+reuse); a block's probes are kept as packed sign bits (n/8 bytes each, probes.py) and
+expanded into one reused buffer whenever needed, so the state is a few length-n vectors
+however many probes run — never an n×K float probe matrix.
 
 Standard errors. A probe's sample ``v ⊙ H v`` is only complete after every micro-batch
 has contributed, and with graph reuse the micro-batch loop is the outer one, so keeping a
@@ -13,7 +14,8 @@ graph form a group. Group sums are O(n) to accumulate, and the between-group var
 ``Σ_j s_j (m_j − m)² / (J − 1)`` (s_j probes in group j with mean m_j) is an unbiased
 estimate of the per-probe variance, so ``stderr = sqrt(that / K)`` with J − 1 degrees of
 freedom. Fewer than two groups give NaN standard errors. The trace keeps per-probe
-scalars and always has K − 1 degrees of freedom.
+scalars and always has K − 1 degrees of freedom. Callers that only need standard errors of
+per-unit sums (the group hook) turn per-entry ones off and save up to 2n floats.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from prm_check.curvature.operator import HessianOperator
-from prm_check.curvature.probes import rademacher
+from prm_check.curvature.operator import HessianOperator, SinkProduct
+from prm_check.curvature.probes import packed_probe, unpack_into
 from prm_check.curvature.results import DiagonalEstimate, TraceEstimate
 from prm_check.errors import CurvatureError
 
@@ -49,23 +51,49 @@ def _check_probes(num_probes: int) -> None:
         raise CurvatureError(f"num_probes must be >= 1, got {num_probes}")
 
 
+def _stream(
+    apply: SinkProduct, vs: list[torch.Tensor], target: list[torch.Tensor] | None, scale: float
+) -> float:
+    """One product ``H_b v`` consumed part by part: adds ``scale · v ⊙ H_b v`` into
+    ``target`` (if any) and returns the unnormalised ``vᵀ H_b v``."""
+    quad = 0.0
+
+    def sink(i: int, part: torch.Tensor) -> None:
+        nonlocal quad
+        part.mul_(vs[i])
+        quad += float(part.sum(dtype=torch.float64))
+        if target is not None:
+            target[i].add_(part, alpha=scale)
+
+    apply(vs, sink)
+    return quad
+
+
 def _run(
     op: HessianOperator,
     num_probes: int,
     seed: int,
     on_group: GroupHook | None,
     keep_diagonal: bool,
+    entry_stderr: bool,
     progress: Progress,
 ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None, np.ndarray, int]:
-    """The probe loop. Returns (Σ group sums, Σ group sums²/s, per-probe vᵀHv, groups)."""
+    """The probe loop. Returns (Σ samples, Σ group sums²/s or None, per-probe vᵀHv, groups).
+
+    State: the probe buffer (n; products are consumed one parameter at a time as autograd
+    produces them), the running diagonal (n, if kept), and only when per-entry standard
+    errors or a group hook need them a group accumulator and a sum of squares (n each); a
+    block's probes are kept packed (K·n/8 bytes).
+    """
     _check_probes(num_probes)
     zeros = lambda: [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in op.params]  # noqa: E731
     total = zeros() if keep_diagonal else None
-    total_sq = zeros() if keep_diagonal else None
+    total_sq = zeros() if keep_diagonal and entry_stderr else None
     quad = np.zeros(num_probes, dtype=np.float64)
     per_probe_groups = len(op.batches) == 1
-    need_group = keep_diagonal or on_group is not None
+    need_group = total_sq is not None or on_group is not None
     group = zeros() if need_group and not per_probe_groups else None
+    vs = zeros()  # the probe, unpacked in place for every (micro-batch, probe)
     num_groups = 0
     scale = 1.0 / op.num_tokens
 
@@ -74,29 +102,38 @@ def _run(
         num_groups += 1
         if on_group is not None:
             on_group(acc, size)
-        if keep_diagonal:
-            for t, q, a in zip(total, total_sq, acc, strict=True):
+        if total is not None:
+            for t, a in zip(total, acc, strict=True):
                 t.add_(a)
+        if total_sq is not None:
+            for q, a in zip(total_sq, acc, strict=True):
                 q.addcmul_(a, a, value=1.0 / size)
 
+    # a probe's product is consumed part by part as autograd produces it (saves n floats),
+    # except when every probe is its own group and the hook must see a whole sample
+    streamed = not (need_group and group is None)
+    products = op.micro_batch_sinks if streamed else op.micro_batch_products
     blocks = _blocks(num_probes, op.probes_per_graph)
     for b, block in enumerate(blocks):
+        packed = [packed_probe(op.numels, seed, k) for k in block]
         if group is not None:
             for g in group:
                 g.zero_()
-        for m, product in enumerate(op.micro_batch_products()):
-            for k in block:
-                vs = rademacher(op.shapes, op.dtype, seed, k)
-                hv = product(vs)
+        for m, apply in enumerate(products()):
+            for k, bits in zip(block, packed, strict=True):
+                unpack_into(bits, vs)
+                if streamed:
+                    acc = group if group is not None else total
+                    quad[k] += scale * _stream(apply, vs, acc, scale)
+                    continue
+                hv = apply(vs)
                 for h, v in zip(hv, vs, strict=True):
-                    h.mul_(v).mul_(scale)  # in place: h is now this micro-batch's v ⊙ H_b v
-                quad[k] += float(sum(float(h.sum(dtype=torch.float64)) for h in hv))
-                if group is not None:
-                    for g, h in zip(group, hv, strict=True):
-                        g.add_(h)
-                elif need_group:
-                    close(hv, 1)
-                del vs, hv
+                    h.mul_(v)  # in place: h is now this micro-batch's unnormalised v ⊙ H_b v
+                quad[k] += scale * float(sum(float(h.sum(dtype=torch.float64)) for h in hv))
+                for h in hv:
+                    h.mul_(scale)
+                close(hv, 1)
+                del hv
             if len(op.batches) > 1:
                 _emit(
                     progress,
@@ -104,6 +141,8 @@ def _run(
                 )
         if group is not None:
             close(group, len(block))
+        elif not need_group:
+            num_groups += len(block) if per_probe_groups else 1
         _emit(
             progress,
             f"hutchinson block {b + 1}/{len(blocks)}: probes {block.start}-"
@@ -119,6 +158,7 @@ def hutchinson_diagonal(
     seed: int,
     *,
     on_group: GroupHook | None = None,
+    entry_stderr: bool = True,
     progress: Progress = None,
 ) -> DiagonalEstimate:
     """Hutchinson diagonal of ``op`` with per-entry standard errors (see module docstring).
@@ -126,24 +166,32 @@ def hutchinson_diagonal(
     ``on_group(acc, size)`` sees each group's summed samples (per-parameter tensors, the sum
     of ``size`` probes' ``v ⊙ Hv``) before they are folded in, so callers can build exact
     standard errors of *linear* reductions (per-unit sums) at no extra memory.
+    ``entry_stderr=False`` skips per-entry standard errors (returned as NaN) and saves one
+    to two length-n accumulators — the loop then holds 3n floats: probe, product, diagonal.
     """
-    total, total_sq, _, groups = _run(op, num_probes, seed, on_group, True, progress)
+    total, total_sq, _, groups = _run(op, num_probes, seed, on_group, True, entry_stderr, progress)
     k = float(num_probes)
     est = torch.empty(op.n, dtype=op.dtype)
-    se = torch.empty(op.n, dtype=op.dtype)
     offset = 0
     for i, numel in enumerate(op.numels):
-        t, q = total[i], total_sq[i]
-        mean = t / k
-        if groups > 1:
-            var = (q - t * mean).clamp_(min=0.0) / (groups - 1)  # per-probe variance
-            err = (var / k).sqrt_()
-        else:
-            err = torch.full_like(mean, float("nan"))
-        est[offset : offset + numel] = mean.reshape(-1)
-        se[offset : offset + numel] = err.reshape(-1)
+        est[offset : offset + numel] = total[i].reshape(-1) / k
         offset += numel
-        total[i] = total_sq[i] = None  # free as we go: peak stays at the loop's
+        if total_sq is None:
+            total[i] = None  # free as we go: peak stays at the loop's
+    if total_sq is None:
+        se = torch.full((op.n,), float("nan"), dtype=op.dtype)
+    else:
+        se = torch.empty(op.n, dtype=op.dtype)
+        offset = 0
+        for i, numel in enumerate(op.numels):
+            t, q = total[i], total_sq[i]
+            if groups > 1:
+                var = (q - t * (t / k)).clamp_(min=0.0) / (groups - 1)  # per-probe variance
+                se[offset : offset + numel] = (var / k).sqrt_().reshape(-1)
+            else:
+                se[offset : offset + numel] = float("nan")
+            offset += numel
+            total[i] = total_sq[i] = None
     return DiagonalEstimate(
         estimate=est,
         stderr=se,
@@ -159,6 +207,6 @@ def hutchinson_trace(
     op: HessianOperator, num_probes: int, seed: int, *, progress: Progress = None
 ) -> TraceEstimate:
     """Hutchinson trace ``mean_k vₖᵀ H vₖ`` with its standard error over probes."""
-    _, _, quad, _ = _run(op, num_probes, seed, None, False, progress)
+    _, _, quad, _ = _run(op, num_probes, seed, None, False, False, progress)
     se = float(quad.std(ddof=1) / np.sqrt(num_probes)) if num_probes > 1 else float("nan")
     return TraceEstimate(float(quad.mean()), se, num_probes, seed, quad)

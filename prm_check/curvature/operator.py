@@ -35,6 +35,8 @@ from prm_check.lm import batch_loss_sum
 
 METHODS = ("rev", "fwd")
 Product = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
+Sink = Callable[[int, torch.Tensor], None]
+SinkProduct = Callable[[Sequence[torch.Tensor], Sink], None]
 
 
 class _Bound:
@@ -155,12 +157,7 @@ class HessianOperator:
                 yield self._fwd_product(batch, index)
 
     def _rev_product(self, batch: Batch, index: int) -> Product:
-        with self._scope():
-            loss, _ = batch_loss_sum(self.model, batch)
-            self._checked(loss, index)
-            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        live = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        del grads, loss
+        live = self._rev_graph(batch, index)
 
         def product(vs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             if not live:
@@ -175,6 +172,63 @@ class HessianOperator:
             return self._zeros_for(out)
 
         return product
+
+    def micro_batch_sinks(self) -> Iterator[SinkProduct]:
+        """Like :meth:`micro_batch_products`, but ``apply(vs, sink)`` hands each parameter's
+        part of ``H_b vs`` to ``sink(i, part)`` as soon as autograd has it and frees it
+        after the sink returns, so the whole product is never held at once (with ``"rev"``
+        this saves n floats of peak memory; ``"fwd"`` produces all parts together)."""
+        for index, batch in enumerate(self.batches):
+            if self.method == "rev":
+                yield self._rev_sink(batch, index)
+            else:
+                product = self._fwd_product(batch, index)
+
+                def apply(vs: Sequence[torch.Tensor], sink: Sink, product=product) -> None:
+                    for i, part in enumerate(product(vs)):
+                        sink(i, part)
+
+                yield apply
+
+    def _rev_graph(self, batch: Batch, index: int) -> list[tuple[int, torch.Tensor]]:
+        """The first backward with ``create_graph``: the live gradient parts (index, g)."""
+        with self._scope():
+            loss, _ = batch_loss_sum(self.model, batch)
+            self._checked(loss, index)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        return [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+    def _rev_sink(self, batch: Batch, index: int) -> SinkProduct:
+        live = self._rev_graph(batch, index)
+
+        def apply(vs: Sequence[torch.Tensor], sink: Sink) -> None:
+            if not live:
+                return
+            saved = [p.grad for p in self.params]
+            handles = []
+            for i, p in enumerate(self.params):
+                p.grad = None
+
+                def hook(param: torch.Tensor, i: int = i) -> None:
+                    sink(i, param.grad)
+                    param.grad = None  # freed now, not when the whole product is done
+
+                handles.append(p.register_post_accumulate_grad_hook(hook))
+            try:
+                with self._scope():
+                    torch.autograd.backward(
+                        [g for _, g in live],
+                        grad_tensors=[vs[i] for i, _ in live],
+                        retain_graph=True,
+                        inputs=self.params,
+                    )
+            finally:
+                for h in handles:
+                    h.remove()
+                for p, g in zip(self.params, saved, strict=True):
+                    p.grad = g
+
+        return apply
 
     def _fwd_product(self, batch: Batch, index: int) -> Product:
         names = self.param_names

@@ -123,7 +123,9 @@ def compute_unit_features(
         group_sizes.append(size)
 
     _emit(progress, f"[{loss_name}] hutchinson: {num_probes} probes, {len(units)} units")
-    diag = hutchinson_diagonal(op, num_probes, seed, on_group=on_group, progress=progress)
+    diag = hutchinson_diagonal(
+        op, num_probes, seed, on_group=on_group, entry_stderr=False, progress=progress
+    )
     hdiag = _by_name(op, diag.estimate)
     sums, sums_se = _group_se(group_sums, group_sizes)
     obd, obd_se = _group_se(group_obd, group_sizes)
