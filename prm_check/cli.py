@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from prm_check.budget.allocator import return_freed_memory
 from prm_check.errors import PrmCheckError
 
 
@@ -108,7 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return_freed_memory()  # also for --no-guard runs (prm_check/budget/allocator.py)
     try:
         return int(args.func(args) or 0)
     except PrmCheckError as exc:

@@ -40,16 +40,20 @@ def test_probes_are_balanced_independent_and_seeded():
     assert torch.equal(out[0].double(), v0)
 
 
-def test_allocator_setting_is_idempotent_and_can_be_opted_out():
+def test_allocator_scope_is_reentrant_and_can_be_opted_out():
     code = (
-        "from prm_check.budget.allocator import return_freed_memory as r;"
-        "a = r(); b = r(); print(a, b)"
+        "from prm_check.budget.allocator import returning_freed_memory as r, _depth\n"
+        "import prm_check.budget.allocator as a\n"
+        "with r() as x:\n"
+        "    with r() as y:\n"
+        "        inner = a._depth\n"
+        "print(x, y, inner, a._depth)"
     )
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    first, second = on.stdout.split()
-    assert first == second
+    x, y, inner, after = on.stdout.split()
+    assert x == y and inner == "2" and after == "0"
     env = {"PRM_CHECK_MALLOC": "default", "PATH": ""}
     off = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
-    assert off.stdout.split() == ["False", "False"]
+    assert off.stdout.split()[:2] == ["False", "False"]

@@ -145,7 +145,7 @@ class PrmCheck:
         from prm_check.curvature import hutchinson_diagonal
 
         self.op.probes_per_graph = k
-        hutchinson_diagonal(self.op, k, seed)
+        hutchinson_diagonal(self.op, k, seed, entry_stderr=False)  # the pipeline's setting
 
 
 # --------------------------------------------------------------------------- PyHessian 0.1

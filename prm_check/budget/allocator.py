@@ -1,17 +1,23 @@
-"""Make freed tensor memory go back to the operating system (glibc ``malloc`` only).
+"""Make freed tensor memory go back to the operating system during curvature products
+(glibc ``malloc`` only).
 
 Why: glibc serves allocations below its *dynamic* mmap threshold from heap arenas, and that
-threshold grows up to 32 MiB as large blocks are freed. Per-parameter tensors of a
-transformer (2–10 MiB each at OPT-125m scale) then live on the heap, and memory freed between
-Hessian-vector products stays resident, fragmented. Measured on this machine (OPT-125m
-blocks, 4×128 tokens): a gradient peaked at 1682 MiB RSS with the default and 1436 MiB with
-a fixed 64 KiB threshold; the Hutchinson probe loop at 3282–3363 MiB vs 2601 MiB; a fixed
-1 MiB threshold was not enough (3029 MiB). A fixed threshold (``mallopt(M_MMAP_THRESHOLD)``)
-disables the dynamic growth, so every block of 64 KiB or more is its own mapping and is
-unmapped on free. Cost: page faults on fresh mappings (small next to a product's compute).
+threshold grows up to 32 MiB as large blocks are freed. Per-parameter tensors and
+activations of a transformer (0.1–10 MiB each at OPT-125m scale) then live on the heap, and
+memory freed between Hessian-vector products stays resident, fragmented. Measured on this
+machine (OPT-125m blocks, 4×128 tokens): the Hutchinson probe loop peaked at 3282–3363 MiB
+RSS with the default and at 2601 MiB with a fixed 64 KiB threshold (1 MiB was not enough:
+3029 MiB); a gradient at 1682 vs 1436 MiB. A fixed threshold (``mallopt(M_MMAP_THRESHOLD)``)
+makes every block of 64 KiB or more its own mapping, unmapped on free.
 
-``PRM_CHECK_MALLOC=default`` leaves the allocator alone; ``MALLOC_MMAP_THRESHOLD_`` set in
-the environment also wins (glibc reads it at start-up).
+Why scoped: fresh mappings cost page faults. For training the tiny built-in model, whose
+steps allocate many ~1 MiB activations, a process-wide 64 KiB threshold doubled the step
+time (reference pre-training 0.30 → 0.60 s/step). So the setting is applied only around
+the probe loops and products (:func:`returning_freed_memory`), and afterwards the threshold
+is fixed at glibc's dynamic maximum (32 MiB), where the heap serves what it served before.
+
+``PRM_CHECK_MALLOC=default`` leaves the allocator alone; so does ``MALLOC_MMAP_THRESHOLD_``
+set in the environment (the user chose).
 """
 
 from __future__ import annotations
@@ -19,36 +25,59 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-DEFAULT_THRESHOLD = 64 * 1024
+SCOPED_THRESHOLD = 64 * 1024
+AFTER_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 
-_applied: bool | None = None
+_mallopt = None
+_depth = 0
 
 
-def return_freed_memory(threshold: int = DEFAULT_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold at ``threshold`` bytes for this process (idempotent).
+def _load_mallopt():
+    global _mallopt
+    if _mallopt is None:
+        _mallopt = False
+        name = ctypes.util.find_library("c")
+        if name:
+            try:
+                fn = ctypes.CDLL(name).mallopt
+            except (OSError, AttributeError):
+                return False
+            fn.argtypes = [ctypes.c_int, ctypes.c_int]
+            fn.restype = ctypes.c_int
+            _mallopt = fn
+    return _mallopt
 
-    Returns True when the setting is in effect, False where it does not apply (not glibc,
-    opted out, or the environment already chose a threshold).
-    """
-    global _applied
-    if _applied is not None:
-        return _applied
-    _applied = False
+
+def applies() -> bool:
+    """Whether this process can and may tune glibc's mmap threshold."""
     if os.environ.get("PRM_CHECK_MALLOC", "") == "default":
         return False
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
+    return bool(_load_mallopt())
+
+
+def set_mmap_threshold(nbytes: int) -> bool:
+    """Fix the threshold at ``nbytes`` (True when in effect)."""
+    return applies() and bool(_mallopt(M_MMAP_THRESHOLD, int(nbytes)))
+
+
+@contextmanager
+def returning_freed_memory() -> Iterator[bool]:
+    """Within: blocks of 64 KiB or more are returned to the OS when freed. Re-entrant;
+    yields whether the setting is in effect."""
+    global _depth
+    on = applies()
+    if on and _depth == 0:
+        set_mmap_threshold(SCOPED_THRESHOLD)
+    _depth += 1
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    _applied = bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
-    return _applied
+        yield on
+    finally:
+        _depth -= 1
+        if on and _depth == 0:
+            set_mmap_threshold(AFTER_THRESHOLD)

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prm_check.budget.allocator import return_freed_memory
 from prm_check.budget.meter import Measurement, Meter
 from prm_check.errors import BudgetError, BudgetExceeded, PrmCheckError
 from prm_check.units_fmt import format_bytes
@@ -212,7 +211,6 @@ def _worker_main(conn, preload: tuple[str, ...], memory: int | None, tmpdir: str
     """Child process: own process group, limit, preload, then serve tasks until None."""
     os.setsid()  # the parent kills the whole group, including any grandchildren
     try:
-        return_freed_memory()  # freed tensors leave RSS (allocator.py); before any import
         _set_data_limit(memory)
         for name in preload:
             __import__(name)

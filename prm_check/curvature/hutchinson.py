@@ -26,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from prm_check.budget.allocator import returning_freed_memory
 from prm_check.curvature.operator import HessianOperator, SinkProduct
 from prm_check.curvature.probes import packed_probe, unpack_into
 from prm_check.curvature.results import DiagonalEstimate, TraceEstimate
@@ -86,6 +87,19 @@ def _run(
     block's probes are kept packed (K·n/8 bytes).
     """
     _check_probes(num_probes)
+    with returning_freed_memory():
+        return _loop(op, num_probes, seed, on_group, keep_diagonal, entry_stderr, progress)
+
+
+def _loop(
+    op: HessianOperator,
+    num_probes: int,
+    seed: int,
+    on_group: GroupHook | None,
+    keep_diagonal: bool,
+    entry_stderr: bool,
+    progress: Progress,
+) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None, np.ndarray, int]:
     zeros = lambda: [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in op.params]  # noqa: E731
     total = zeros() if keep_diagonal else None
     total_sq = zeros() if keep_diagonal and entry_stderr else None

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 
+from prm_check.budget.allocator import returning_freed_memory
 from prm_check.curvature.microbatch import split_batches
 from prm_check.curvature.params import ParamSpec, only_these_require_grad, select_parameters
 from prm_check.data.batching import Batch
@@ -260,9 +261,10 @@ class HessianOperator:
             raise CurvatureError("probe matrix contains non-finite entries")
         cols = [self.unflatten(V[:, j].contiguous()) for j in range(V.shape[1])]
         out = torch.zeros((self.n, V.shape[1]), dtype=self.dtype, device=self.device)
-        for product in self.micro_batch_products():
-            for j, vs in enumerate(cols):
-                out[:, j] += self.flatten(product(vs))
+        with returning_freed_memory():
+            for product in self.micro_batch_products():
+                for j, vs in enumerate(cols):
+                    out[:, j] += self.flatten(product(vs))
         self.num_matvecs += V.shape[1]
         return out.div_(self.num_tokens)
 
