@@ -47,6 +47,8 @@ def worker(cfg: dict) -> dict:
     from prm_check.data.batching import Batch
     from prm_check.lm import batch_loss_sum
 
+    if cfg.get("alloc") == "lean":  # PRM_CHECK_MALLOC=lean (prm_check/budget/allocator.py)
+        os.environ["PRM_CHECK_MALLOC"] = "lean"
     torch.set_num_threads(int(cfg.get("threads", 2)))
     model = _model(cfg["model"])
     gen = torch.Generator().manual_seed(1)
@@ -66,7 +68,7 @@ def worker(cfg: dict) -> dict:
 
     def step():
         if mode == "grad":
-            alloc = returning_freed_memory() if cfg.get("alloc") == "scoped" else nullcontext()
+            alloc = returning_freed_memory() if cfg.get("alloc") == "lean" else nullcontext()
             with op._scope(), alloc:
                 loss, _ = batch_loss_sum(op.model, op.batches[0])
                 torch.autograd.grad(loss, op.params)
@@ -104,10 +106,10 @@ def grid(quick: bool) -> list[dict]:
         sets = ["blocks"] if quick and model == "tiny" else ["blocks", "all"]
         for ps in sets:
             base = dict(model=model, batch=bsz, params=ps)
-            # the probe loop runs with freed memory returned to the OS (budget/allocator.py);
-            # the gradient is measured with and without, and ratios use the stricter one
+            # PRM_CHECK_MALLOC=lean rows (budget/allocator.py): the gradient is measured with
+            # and without, and every ratio uses the faster and the leaner gradient
             cfgs.append({**base, "mode": "grad", "repeats": 3})
-            cfgs.append({**base, "mode": "grad", "alloc": "scoped", "repeats": 3})
+            cfgs.append({**base, "mode": "grad", "alloc": "lean", "repeats": 3})
             cfgs.append({**base, "mode": "hvp", "method": "rev"})
             cfgs.append({**base, "mode": "hvp", "method": "fwd"})
             ks = (8,) if quick else (4, 8, 16)
@@ -117,8 +119,11 @@ def grid(quick: bool) -> list[dict]:
             for k in ks:
                 for mb in micros:
                     cfgs.append({**base, "mode": "probe", "k": k, "micro": mb, "repeats": 1})
-            if model == "opt125m":  # what per-entry standard errors cost (2n more floats)
+            if model == "opt125m":  # per-entry standard errors (2n more floats); lean malloc
                 cfgs.append({**base, "mode": "probe_se", "k": 8, "micro": 1, "repeats": 1})
+                for mb in (1, 4):
+                    lean = {"alloc": "lean", "repeats": 1}
+                    cfgs.append({**base, "mode": "probe", "k": 16, "micro": mb, **lean})
     return cfgs
 
 
@@ -156,8 +161,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def _label(r: dict) -> str:
-    """Mode, with ``+a`` where the gradient ran with freed memory returned to the OS."""
-    return r["mode"] + ("+a" if r.get("alloc") == "scoped" else "")
+    """Mode, with ``+lean`` where it ran with ``PRM_CHECK_MALLOC=lean``."""
+    return r["mode"] + ("+lean" if r.get("alloc") == "lean" else "")
 
 
 def table(rows: list[dict]) -> str:

@@ -49,10 +49,13 @@ def test_allocator_scope_is_reentrant_and_can_be_opted_out():
         "        inner = a._depth\n"
         "print(x, y, inner, a._depth)"
     )
-    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lean = {"PRM_CHECK_MALLOC": "lean", "PATH": ""}
+    on = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=lean
+    )
     x, y, inner, after = on.stdout.split()
     assert x == y and inner == "2" and after == "0"
-    env = {"PRM_CHECK_MALLOC": "default", "PATH": ""}
+    env = {"PATH": ""}  # off by default
     off = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
