@@ -70,6 +70,7 @@ def _stream(
     return quad
 
 
+@returning_freed_memory()  # a fresh scope per call (lean allocator only, allocator.py)
 def _run(
     op: HessianOperator,
     num_probes: int,
@@ -87,19 +88,6 @@ def _run(
     block's probes are kept packed (K·n/8 bytes).
     """
     _check_probes(num_probes)
-    with returning_freed_memory():
-        return _loop(op, num_probes, seed, on_group, keep_diagonal, entry_stderr, progress)
-
-
-def _loop(
-    op: HessianOperator,
-    num_probes: int,
-    seed: int,
-    on_group: GroupHook | None,
-    keep_diagonal: bool,
-    entry_stderr: bool,
-    progress: Progress,
-) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None, np.ndarray, int]:
     zeros = lambda: [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in op.params]  # noqa: E731
     total = zeros() if keep_diagonal else None
     total_sq = zeros() if keep_diagonal and entry_stderr else None
