@@ -169,7 +169,9 @@ def hutchinson_diagonal(
     of ``size`` probes' ``v ⊙ Hv``) before they are folded in, so callers can build exact
     standard errors of *linear* reductions (per-unit sums) at no extra memory.
     ``entry_stderr=False`` skips per-entry standard errors (returned as NaN) and saves one
-    to two length-n accumulators — the loop then holds 3n floats: probe, product, diagonal.
+    to two length-n accumulators — the loop then holds the probe and the diagonal (2n floats),
+    plus autograd's own buffers inside each product (the graph's gradient values are freed,
+    operator.py).
     """
     total, total_sq, _, groups = _run(op, num_probes, seed, on_group, True, entry_stderr, progress)
     k = float(num_probes)

@@ -192,12 +192,29 @@ class HessianOperator:
                 yield apply
 
     def _rev_graph(self, batch: Batch, index: int) -> list[tuple[int, torch.Tensor]]:
-        """The first backward with ``create_graph``: the live gradient parts (index, g)."""
+        """The first backward with ``create_graph``: the live gradient parts (index, g).
+
+        Products only need the *graph* behind each ``g``, never its values, so the values'
+        memory (n floats) is released — except where the double backward saved that very
+        storage for itself, which the pack hook below records, so nothing it reads is lost.
+        """
+        saved: set[int] = set()
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved.add(t.untyped_storage().data_ptr())
+            return t
+
         with self._scope():
             loss, _ = batch_loss_sum(self.model, batch)
             self._checked(loss, index)
-            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        return [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        live = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        for _, g in live:
+            storage = g.untyped_storage()
+            if storage.data_ptr() not in saved:
+                storage.resize_(0)  # shape and graph stay; the values are never read again
+        return live
 
     def _rev_sink(self, batch: Batch, index: int) -> SinkProduct:
         live = self._rev_graph(batch, index)
