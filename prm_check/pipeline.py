@@ -27,7 +27,11 @@ from typing import Any
 
 from prm_check.errors import DataError, PrmCheckError, SpecError
 
-CODE_VERSION = "2"  # 2: packed Rademacher probes (different draws)
+# 2: packed probes; 3: spectrum_tokens; 4: MoPe once per (group, level); 5: EIGEN_TOL
+CODE_VERSION = "5"
+# Top eigenvalues to 1e-4 relative (ARPACK tol): residuals are reported beside them; tol=0
+# (machine precision) took 40 products where ~25 give the spectrum's shape.
+EIGEN_TOL = 1e-4
 STAGES = ("assets", "baseline", "curvature", "partition", "sweep", "embedding", "fidelity")
 # Spec sections each stage reads (besides its upstream stages' outputs).
 STAGE_SECTIONS = {
@@ -214,6 +218,20 @@ def _batches(inp: Inputs, texts: list[str], spec):
     return make_batches(ids, tokens, inp.pad_id, sort=True)
 
 
+def _spectrum_batches(inp: Inputs, texts: list[str], spec):
+    """The first score texts up to ``curvature.spectrum_tokens`` tokens (at least one)."""
+    from prm_check.data.batching import make_batches, tokenize_texts
+
+    chosen, total = [], 0
+    for seq in tokenize_texts(inp.tokenizer, texts, spec.data.max_length):
+        if chosen and total + len(seq) > spec.curvature.spectrum_tokens:
+            break
+        chosen.append(seq)
+        total += len(seq)
+    tokens = max(spec.curvature.micro_batch_tokens, spec.data.max_length)
+    return make_batches(chosen, tokens, inp.pad_id, sort=True)
+
+
 def loss_texts(inp: Inputs, spec) -> dict[str, list[str]]:
     """Score-half texts of each loss: L_func on corpus, L_sens on members, non-members."""
     s = inp.splits
@@ -332,13 +350,13 @@ def stage_curvature(spec, out: Path, up: dict, model_override, progress) -> dict
         if loss != "nonmember" and (c.top_k > 0 or c.slq_probes > 0):
             # The whole-subset spectrum uses the first micro-batches only: eigsh and Lanczos
             # need tens of products each, and the spectrum's shape is what is reported.
-            sub = batches[: max(1, c.spectrum_batches)]
+            sub = _spectrum_batches(inp, tx, spec)
             op = HessianOperator(
                 inp.model, sub, params=list(c.params), method=c.method, dtype=dtype
             )
             entry["spectrum_tokens"] = int(sum(b.num_valid_targets for b in sub))
             if c.top_k > 0:
-                eig = top_eigenpairs(op, k=c.top_k)
+                eig = top_eigenpairs(op, k=c.top_k, tol=EIGEN_TOL)
                 entry["top_eigenvalues"] = [float(x) for x in eig.eigenvalues]
                 entry["top_eigen_residuals"] = [float(x) for x in eig.residuals]
                 entry["top_eigen_matvecs"] = int(eig.num_matvecs)

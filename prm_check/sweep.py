@@ -26,7 +26,11 @@ from prm_check.privacy.metrics import roc_auc, tpr_at_fpr
 from prm_check.privacy.scores import mope_scores, scores_from_losses
 
 MOPE_SIGMA = 0.005  # absolute weight-noise sd of the MoPe attacker (tiny-OPT weights: sd ~0.02-0.1)
-MOPE_DRAWS = 2
+MOPE_DRAWS = 1  # attacker noise draws per MoPe measurement: each a forward over all eval records
+# MoPe runs on the first noise draw of each (group, level) only: it costs as much as every
+# other metric of a cell together, and one measurement per (group, level) gives its AUC
+# with a CI over records (the summary's n_draws says so).
+MOPE_SWEEP_DRAWS = 1
 
 
 @dataclass(frozen=True)
@@ -215,12 +219,13 @@ def run_sweep(
             raise DataError(f"group {target.name!r} is empty; lower q or pick other groups")
         s = cell_seed(target.name, alpha, draw, seed)
         c0 = time.perf_counter()
+        cell_attacks = [a for a in attacks if a != "mope" or draw < MOPE_SWEEP_DRAWS]
         with perturbed(model, target.masks, scales, alpha, s) as inj:
             m = measure(
                 model,
                 ev,
                 reference_losses=reference_losses,
-                attacks=attacks,
+                attacks=cell_attacks,
                 mope_seed=cell_seed("mope", target.name, alpha, draw, seed),
             )
         restored = state_digest(params) == digest
@@ -263,6 +268,7 @@ class Replicates:
     values: dict[tuple[str, float, str], np.ndarray]
     point: dict[tuple[str, float, str], float]
     noise_norm: dict[tuple[str, float], float]
+    n_draws: dict[tuple[str, float, str], int] = field(default_factory=dict)
 
 
 def bootstrap_deltas(sweep: SweepResult, n_boot: int, seed: int) -> Replicates:
@@ -280,18 +286,21 @@ def bootstrap_deltas(sweep: SweepResult, n_boot: int, seed: int) -> Replicates:
     by_key: dict[tuple[str, float], list[Cell]] = {}
     for c in sweep.cells:
         by_key.setdefault((c.group, c.level), []).append(c)
-    values, point, norms = {}, {}, {}
+    values, point, norms, counts = {}, {}, {}, {}
     for (group, level), cells in by_key.items():
-        pick = rng.integers(0, len(cells), size=(n_boot, len(cells)))
+        picks: dict[int, np.ndarray] = {}  # resampled draws, one index table per draw count
         norms[(group, level)] = float(np.mean([c.noise_norm for c in cells]))
         per_draw: dict[str, np.ndarray] = {}
         pts: dict[str, list[float]] = {}
         for a in clean.scores:
+            have = [c for c in cells if a in c.measure.scores]  # MoPe: first draws only
+            if not have:
+                continue
             per_draw[f"delta_auc_{a}"] = np.stack(
-                [_auc_rows(*c.measure.scores[a], im, inn) - clean_auc[a] for c in cells], axis=1
+                [_auc_rows(*c.measure.scores[a], im, inn) - clean_auc[a] for c in have], axis=1
             )
             pts[f"delta_auc_{a}"] = [
-                roc_auc(*c.measure.scores[a]) - roc_auc(*clean.scores[a]) for c in cells
+                roc_auc(*c.measure.scores[a]) - roc_auc(*clean.scores[a]) for c in have
             ]
         ppl_d = np.stack(
             [
@@ -305,9 +314,13 @@ def bootstrap_deltas(sweep: SweepResult, n_boot: int, seed: int) -> Replicates:
         pts["delta_ppl"] = [c.measure.ppl - clean.ppl for c in cells]
         pts["rel_delta_ppl"] = [c.measure.ppl / clean.ppl - 1.0 for c in cells]
         for metric, arr in per_draw.items():
-            values[(group, level, metric)] = np.take_along_axis(arr, pick, axis=1).mean(axis=1)
+            k = arr.shape[1]
+            if k not in picks:
+                picks[k] = rng.integers(0, k, size=(n_boot, k))
+            values[(group, level, metric)] = np.take_along_axis(arr, picks[k], axis=1).mean(axis=1)
             point[(group, level, metric)] = float(np.mean(pts[metric]))
-    return Replicates(values=values, point=point, noise_norm=norms)
+            counts[(group, level, metric)] = k
+    return Replicates(values=values, point=point, noise_norm=norms, n_draws=counts)
 
 
 def _ci(x: np.ndarray) -> tuple[float, float]:
@@ -328,7 +341,7 @@ def summarise(sweep: SweepResult, reps: Replicates) -> list[dict]:
                 "mean": reps.point[(group, level, metric)],
                 "ci_low": lo,
                 "ci_high": hi,
-                "n_draws": sweep.draws,
+                "n_draws": reps.n_draws.get((group, level, metric), sweep.draws),
                 "noise_norm": reps.noise_norm[(group, level)],
             }
         )

@@ -76,7 +76,7 @@ def test_stage_keys_change_only_downstream_of_an_edit():
         assert k[stage] == base[stage], stage
     for stage in ("baseline", "sweep", "fidelity"):
         assert k[stage] != base[stage], stage
-    curv = dataclasses.replace(spec, curvature=dataclasses.replace(spec.curvature, probes=8))
+    curv = dataclasses.replace(spec, curvature=dataclasses.replace(spec.curvature, probes=12))
     k = stage_keys(curv)
     assert k["assets"] == base["assets"] and k["curvature"] != base["curvature"]
     assert k["partition"] != base["partition"] and k["sweep"] != base["sweep"]

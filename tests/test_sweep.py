@@ -99,3 +99,21 @@ def test_same_seed_same_sweep(setting):
     assert np.array_equal(
         a.cells[0].measure.scores["loss"][0], b.cells[0].measure.scores["loss"][0]
     )
+
+
+def test_mope_runs_on_the_first_draw_of_each_group_and_level_only(setting):
+    model, ev, targets, scales = setting
+    res = S.run_sweep(
+        model, ev, targets[:1], scales, [0.0, 1.0], 3, attacks=["loss", "mope"], seed=2
+    )
+    assert [("mope" in c.measure.scores) for c in res.cells] == [
+        d < S.MOPE_SWEEP_DRAWS for d in range(3)
+    ]
+    reps = S.bootstrap_deltas(res, n_boot=100, seed=0)
+    rows = {r["metric"]: r for r in S.summarise(res, reps)}
+    assert rows["delta_auc_mope"]["n_draws"] == S.MOPE_SWEEP_DRAWS
+    assert rows["delta_auc_loss"]["n_draws"] == 3
+    first = res.cells[0]
+    point = S.roc_auc(*first.measure.scores["mope"]) - S.roc_auc(*res.clean.scores["mope"])
+    assert rows["delta_auc_mope"]["mean"] == pytest.approx(point)
+    assert "mope" not in res.cells[1].to_dict(res.clean)["auc"]

@@ -46,10 +46,11 @@ def activation_sparsity(
 
     def record(key: str, a: torch.Tensor) -> None:
         valid = mask_holder[0].reshape(-1).bool()
-        a = a.detach().reshape(-1, a.shape[-1])[valid].double()
+        a = a.detach().reshape(-1, a.shape[-1])[valid]
         if a.numel() == 0:
             return
-        rms = a.pow(2).mean().sqrt()
+        # the RMS in float64 (a long sum); the comparison needs no more than the data's dtype
+        rms = float(a.pow(2).sum(dtype=torch.float64) / a.numel()) ** 0.5
         small = (a.abs() <= REL_THRESHOLD * rms).sum(dim=0).double()
         zeros[key] = zeros.get(key, 0) + small
         counts[key] = counts.get(key, 0) + a.shape[0]

@@ -16,6 +16,7 @@ from prm_check.errors import SpecError
 from prm_check.spec._fields import Choice, Real, Text, spec_field, validate_fields
 
 SWEEP_GROUPS = ("Wfunc", "Wsens", "Wboth", "Wnone", "control")
+DEFAULT_SWEEP_GROUPS = ("Wfunc", "Wsens", "Wboth", "control")
 PLANTED = "planted"  # the group of partition-quality checks (planted variant only)
 ALL_ATTACKS = ("loss", "zlib", "min_k", "ref", "mope")
 

@@ -36,6 +36,7 @@ from prm_check.spec._fields import (
 )
 from prm_check.spec.checks import (
     ALL_ATTACKS,
+    DEFAULT_SWEEP_GROUPS,
     LEVELLESS_METRICS,
     PLANTED,
     SWEEP_GROUPS,
@@ -117,9 +118,9 @@ class DataSpec:
 
     max_length: int = spec_field(128, Integer(8, 8192))
     func_score_texts: int = spec_field(64, Integer(1, 1_000_000))  # corpus chunks, L_func
-    sens_score_records: int = spec_field(250, Integer(1, 1_000_000))  # member records, L_sens
+    sens_score_records: int = spec_field(160, Integer(1, 1_000_000))  # member records, L_sens
     eval_records: int | None = spec_field(None, Integer(2, 1_000_000, optional=True))
-    ppl_eval_texts: int | None = spec_field(None, Integer(1, 1_000_000, optional=True))
+    ppl_eval_texts: int | None = spec_field(64, Integer(1, 1_000_000, optional=True))
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -133,18 +134,19 @@ class CurvatureSpec:
     params: tuple[str, ...] = spec_field(
         ("model.decoder.layers.*",), Items(Text(r"\S+", "a parameter-name glob"))
     )
-    probes: int = spec_field(16, Integer(1, 4096))  # Hutchinson probes per loss
+    probes: int = spec_field(8, Integer(1, 4096))  # Hutchinson probes per loss
     method: str = spec_field("rev", Choice(("rev", "fwd")))  # HVP: reverse-over-reverse or fwd
     dtype: str = spec_field("float32", Choice(DTYPES))
-    micro_batch_tokens: int = spec_field(512, Integer(2, 2**20))
+    micro_batch_tokens: int = spec_field(2048, Integer(2, 2**20))
     probes_per_graph: int = spec_field(8, Integer(1, 256))
     fisher: bool = spec_field(True, Boolean())
     top_k: int = spec_field(3, Integer(0, 50))  # Lanczos top eigenvalues; 0 = skip
-    slq_probes: int = spec_field(4, Integer(0, 256))  # spectral density; 0 = skip
-    slq_steps: int = spec_field(30, Integer(2, 1000))
-    # Whole-subset spectrum (top-k, SLQ) on the first micro-batches only: eigsh and Lanczos
-    # need tens of products each, and the spectrum's shape is what is reported.
-    spectrum_batches: int = spec_field(2, Integer(1, 100000))
+    slq_probes: int = spec_field(2, Integer(0, 256))  # spectral density; 0 = skip
+    slq_steps: int = spec_field(24, Integer(2, 1000))
+    # Whole-subset spectrum (top-k, SLQ) on the first score texts up to this many tokens:
+    # eigsh and Lanczos need tens of products each, and the spectrum's shape is what is
+    # reported (each product rebuilds its graph, so tokens here cost ~3 gradients each).
+    spectrum_tokens: int = spec_field(512, Integer(2, 2**24))
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -172,7 +174,9 @@ class PartitionSpec:
 class SweepSpec:
     """The noise sweep: groups x levels x draws, and the attacks measured in each cell."""
 
-    groups: tuple[str, ...] = spec_field(SWEEP_GROUPS, Items(Choice(SWEEP_GROUPS)))
+    # Wnone (every unit outside the other groups, ~88 % of the built-in model's) is opt-in:
+    # noise on it is noise on nearly the whole model, and 12 more cells cost ~25 s.
+    groups: tuple[str, ...] = spec_field(DEFAULT_SWEEP_GROUPS, Items(Choice(SWEEP_GROUPS)))
     levels: tuple[float, ...] = spec_field(
         (0.0, 0.01, 0.03, 0.1, 0.3), Items(Real(0.0, 100.0), ascending=True)
     )
