@@ -27,8 +27,9 @@ from typing import Any
 
 from prm_check.errors import DataError, PrmCheckError, SpecError
 
-# 2: packed probes; 3: spectrum_tokens; 4: MoPe once per (group, level); 5: EIGEN_TOL
-CODE_VERSION = "5"
+# 2: packed probes; 3: spectrum_tokens; 4: MoPe once per (group, level); 5: EIGEN_TOL;
+# 6: the diagonal folded with addcmul_ (float rounding differs)
+CODE_VERSION = "6"
 # Top eigenvalues to 1e-4 relative (ARPACK tol): residuals are reported beside them; tol=0
 # (machine precision) took 40 products where ~25 give the spectrum's shape.
 EIGEN_TOL = 1e-4

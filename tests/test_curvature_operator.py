@@ -98,7 +98,8 @@ def test_hvp_matches_dense_both_methods(kind, seed, lengths):
 @settings(max_examples=3, deadline=None)
 @given(seed=st.integers(0, 3), method=st.sampled_from(["rev", "fwd"]))
 def test_streamed_parts_equal_the_product(seed, method):
-    """micro_batch_sinks hands out each parameter's part once; they add up to H v exactly."""
+    """micro_batch_sinks hands out every parameter's part, possibly in pieces (a weight's
+    forward and backward contributions separately); they add up to H v exactly."""
     model, batches, names, H, _, _ = case("opt", seed, (5, 3, 7))
     op = HessianOperator(model, batches, names, method=method, max_tokens=8)
     v = torch.randn(op.n, generator=torch.Generator().manual_seed(seed), dtype=F64)
@@ -109,7 +110,6 @@ def test_streamed_parts_equal_the_product(seed, method):
     for apply in op.micro_batch_sinks():
         calls: list[int] = []
         apply(vs, lambda i, part, calls=calls: (calls.append(i), acc[i].add_(part)))
-        assert sorted(calls) == sorted(set(calls))  # at most once per micro-batch
         seen += calls
     assert set(seen) == set(range(len(op.params)))
     assert rel(op.flatten(acc) / op.num_tokens, H @ v) <= 1e-8

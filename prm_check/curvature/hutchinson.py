@@ -53,21 +53,29 @@ def _check_probes(num_probes: int) -> None:
 
 
 def _stream(
-    apply: SinkProduct, vs: list[torch.Tensor], target: list[torch.Tensor] | None, scale: float
+    apply: SinkProduct,
+    vs: list[torch.Tensor],
+    target: list[torch.Tensor] | None,
+    scale: float,
+    quad_too: bool = True,
 ) -> float:
     """One product ``H_b v`` consumed part by part: adds ``scale · v ⊙ H_b v`` into
-    ``target`` (if any) and returns the unnormalised ``vᵀ H_b v``."""
+    ``target`` (if any) and returns the unnormalised ``vᵀ H_b v`` (NaN with ``quad_too``
+    False: the diagonal alone takes one fused pass over each part instead of three)."""
     quad = 0.0
 
     def sink(i: int, part: torch.Tensor) -> None:
         nonlocal quad
+        if not quad_too and target is not None:
+            target[i].addcmul_(part, vs[i], value=scale)
+            return
         part.mul_(vs[i])
         quad += float(part.sum(dtype=torch.float64))
         if target is not None:
             target[i].add_(part, alpha=scale)
 
     apply(vs, sink)
-    return quad
+    return quad if quad_too or target is None else float("nan")
 
 
 @returning_freed_memory()  # a fresh scope per call (lean allocator only, allocator.py)
@@ -79,17 +87,23 @@ def _run(
     keep_diagonal: bool,
     entry_stderr: bool,
     progress: Progress,
-) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None, np.ndarray, int]:
-    """The probe loop. Returns (Σ samples, Σ group sums²/s or None, per-probe vᵀHv, groups).
+    want_trace: bool = True,
+) -> tuple[torch.Tensor | None, list[torch.Tensor] | None, np.ndarray, int]:
+    """The probe loop. Returns (Σ samples, flat; Σ group sums²/s or None; per-probe vᵀHv;
+    groups).
 
     State: the probe buffer (n; products are consumed one parameter at a time as autograd
     produces them), the running diagonal (n, if kept), and only when per-entry standard
     errors or a group hook need them a group accumulator and a sum of squares (n each); a
-    block's probes are kept packed (K·n/8 bytes).
+    block's probes are kept packed (K·n/8 bytes). ``want_trace=False`` (the diagonal's
+    callers) skips the per-probe ``vᵀHv`` on the streamed path, one fused pass per part.
     """
     _check_probes(num_probes)
     zeros = lambda: [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in op.params]  # noqa: E731
-    total = zeros() if keep_diagonal else None
+    # the running diagonal is one flat buffer (per-parameter views), so the estimate is
+    # that buffer divided in place, not an n-float copy beside it at the end
+    flat = torch.zeros(op.n, dtype=op.dtype, device=op.device) if keep_diagonal else None
+    total = op.unflatten(flat) if keep_diagonal else None
     total_sq = zeros() if keep_diagonal and entry_stderr else None
     quad = np.zeros(num_probes, dtype=np.float64)
     per_probe_groups = len(op.batches) == 1
@@ -126,7 +140,7 @@ def _run(
                 unpack_into(bits, vs)
                 if streamed:
                     acc = group if group is not None else total
-                    quad[k] += scale * _stream(apply, vs, acc, scale)
+                    quad[k] += scale * _stream(apply, vs, acc, scale, want_trace)
                     continue
                 hv = apply(vs)
                 for h, v in zip(hv, vs, strict=True):
@@ -136,6 +150,7 @@ def _run(
                     h.mul_(scale)
                 close(hv, 1)
                 del hv
+            del apply  # this micro-batch's graph goes now, not after the next one is built
             if len(op.batches) > 1:
                 _emit(
                     progress,
@@ -151,7 +166,7 @@ def _run(
             f"{block.stop - 1} of {num_probes} done",
         )
     op.num_matvecs += num_probes
-    return total, total_sq, quad, num_groups
+    return flat, total_sq, quad, num_groups
 
 
 def hutchinson_diagonal(
@@ -173,29 +188,26 @@ def hutchinson_diagonal(
     plus autograd's own buffers inside each product (the graph's gradient values are freed,
     operator.py).
     """
-    total, total_sq, _, groups = _run(op, num_probes, seed, on_group, True, entry_stderr, progress)
+    flat, total_sq, _, groups = _run(
+        op, num_probes, seed, on_group, True, entry_stderr, progress, want_trace=False
+    )
     k = float(num_probes)
-    est = torch.empty(op.n, dtype=op.dtype)
-    offset = 0
-    for i, numel in enumerate(op.numels):
-        est[offset : offset + numel] = total[i].reshape(-1) / k
-        offset += numel
-        if total_sq is None:
-            total[i] = None  # free as we go: peak stays at the loop's
     if total_sq is None:
-        se = torch.full((op.n,), float("nan"), dtype=op.dtype)
+        est = flat.div_(k)  # in place: no second length-n vector
+        se = torch.full((), float("nan"), dtype=op.dtype).expand(op.n)  # no storage either
     else:
+        est = flat.div(k)
         se = torch.empty(op.n, dtype=op.dtype)
         offset = 0
         for i, numel in enumerate(op.numels):
-            t, q = total[i], total_sq[i]
+            t, q = flat[offset : offset + numel], total_sq[i].reshape(-1)
             if groups > 1:
                 var = (q - t * (t / k)).clamp_(min=0.0) / (groups - 1)  # per-probe variance
-                se[offset : offset + numel] = (var / k).sqrt_().reshape(-1)
+                se[offset : offset + numel] = (var / k).sqrt_()
             else:
                 se[offset : offset + numel] = float("nan")
             offset += numel
-            total[i] = total_sq[i] = None
+            total_sq[i] = None
     return DiagonalEstimate(
         estimate=est,
         stderr=se,

@@ -59,6 +59,50 @@ def _math_attention() -> Iterator[None]:
         yield
 
 
+def _contribution_edges(roots: Sequence[torch.Tensor], params: Sequence[torch.Tensor]):
+    """Edges on which a weight's Hessian-vector contributions leave the double backward.
+
+    A Linear weight W enters the graph once, through ``t(W)``, but that node has two
+    consumers after ``create_graph``: the forward matmul and the first backward's
+    ``δ @ W``. Autograd sums their contributions in ``t``'s input buffer, holding the first
+    (W-sized) until the second arrives — for all weights at once, ~n floats. Returns
+    ``{consumer node: [(slot, chain node, param index)]}`` for every such single-input
+    node that feeds only a selected parameter's accumulator and has ≥ 2 consumers, so a
+    hook on each consumer can take its piece (mapped to the parameter's shape by calling
+    the chain node) as it is produced.
+    """
+    index = {p.data_ptr(): i for i, p in enumerate(params)}
+
+    def param_of(node) -> int | None:
+        if type(node).__name__ != "AccumulateGrad":
+            return None
+        return index.get(node.variable.data_ptr())
+
+    seen, stack = set(), [g.grad_fn for g in roots if g.grad_fn is not None]
+    consumers: dict = {}
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for slot, (nxt, _) in enumerate(node.next_functions):
+            if nxt is None:
+                continue
+            consumers.setdefault(nxt, []).append((node, slot))
+            stack.append(nxt)
+    edges: dict = {}
+    for chain, users in consumers.items():
+        nexts = [n for n, _ in chain.next_functions]
+        if len(users) < 2 or len(nexts) != 1 or nexts[0] is None:
+            continue
+        i = param_of(nexts[0])
+        if i is None:
+            continue
+        for node, slot in users:
+            edges.setdefault(node, []).append((slot, chain, i))
+    return edges
+
+
 class HessianOperator:
     """``H`` of the token-weighted mean loss w.r.t. a named parameter subset, as products.
 
@@ -175,10 +219,14 @@ class HessianOperator:
         return product
 
     def micro_batch_sinks(self) -> Iterator[SinkProduct]:
-        """Like :meth:`micro_batch_products`, but ``apply(vs, sink)`` hands each parameter's
-        part of ``H_b vs`` to ``sink(i, part)`` as soon as autograd has it and frees it
-        after the sink returns, so the whole product is never held at once (with ``"rev"``
-        this saves n floats of peak memory; ``"fwd"`` produces all parts together)."""
+        """Like :meth:`micro_batch_products`, but ``apply(vs, sink)`` hands ``H_b vs`` to
+        ``sink(i, part)`` piece by piece as autograd produces it and frees each piece after
+        the sink returns, so the whole product is never held at once. A parameter's part
+        may arrive in several pieces that add up to it (sinks must be linear, as
+        ``v ⊙ Hv`` is): with ``"rev"``, a weight's product has two contributions — through
+        the forward pass and through the first backward — and autograd would otherwise
+        buffer the first until the second arrives, ~n floats at the peak (see
+        :func:`_contribution_edges`). ``"fwd"`` produces all parts together."""
         for index, batch in enumerate(self.batches):
             if self.method == "rev":
                 yield self._rev_sink(batch, index)
@@ -218,6 +266,7 @@ class HessianOperator:
 
     def _rev_sink(self, batch: Batch, index: int) -> SinkProduct:
         live = self._rev_graph(batch, index)
+        edges = _contribution_edges([g for _, g in live], self.params)
 
         def apply(vs: Sequence[torch.Tensor], sink: Sink) -> None:
             if not live:
@@ -228,10 +277,29 @@ class HessianOperator:
                 p.grad = None
 
                 def hook(param: torch.Tensor, i: int = i) -> None:
-                    sink(i, param.grad)
+                    if param.grad is not None:  # None: every piece was taken on its edge
+                        sink(i, param.grad)
                     param.grad = None  # freed now, not when the whole product is done
 
                 handles.append(p.register_post_accumulate_grad_hook(hook))
+            for consumer, slots in edges.items():
+
+                def take(grad_inputs, _outputs, slots=slots):
+                    out = list(grad_inputs)
+                    for slot, chain, i in slots:
+                        piece = out[slot]
+                        if piece is None:
+                            continue
+                        part = chain(piece)
+                        part = part[0] if isinstance(part, tuple | list) else part
+                        if 0 in part.stride():  # broadcast: the sink may write in place
+                            part = part.clone()
+                        # a view of autograd's piece (t(W): transposed), dropped right after
+                        sink(i, part)
+                        out[slot] = None  # nothing is buffered for the second contribution
+                    return tuple(out)
+
+                handles.append(consumer.register_hook(take))
             try:
                 with self._scope():
                     torch.autograd.backward(
@@ -282,6 +350,7 @@ class HessianOperator:
             for product in self.micro_batch_products():
                 for j, vs in enumerate(cols):
                     out[:, j] += self.flatten(product(vs))
+                del product  # this graph goes before the next one is built
         self.num_matvecs += V.shape[1]
         return out.div_(self.num_tokens)
 
