@@ -185,6 +185,40 @@ def scale_section(d: dict[str, Any] | None) -> list[str]:
     return [*out, ""]
 
 
+def curvature_section(d: dict[str, Any] | None) -> list[str]:
+    out = ["## Curvature products: gradient vs HVP vs one Hutchinson probe (issue 3 grid)", ""]
+    if d is None:
+        return [*out, "_not run (reports/bench/curvature.json missing; `make bench "
+                "BENCH_FULL=1`)_", ""]  # fmt: skip
+    out += [
+        "Random-weight models, eager attention, 2 threads, each row a fresh worker (peak = "
+        "VmHWM after a reset). Ratios are to the gradient of the same model, parameter set, "
+        "batch and allocator (`+lean` rows ran with `PRM_CHECK_MALLOC=lean`, and are "
+        "compared with the lean gradient); the last ratio is against the leanest gradient of "
+        "either allocator. Target (issue 3): a probe ≤ 2.5× time and ≤ 1.8× memory of the "
+        "gradient in one configuration. K = probes per graph, mb = micro-batch in sequences "
+        "of 128 tokens. One repeat per probe row: ±5–10 % run to run.",
+        "",
+    ]
+    rows = []
+    for r in d["rows"]:
+        if "error" in r:
+            rows.append([r["model"], r["params"], r["mode"], *[""] * 7, r["error"]])
+            continue
+        mode = r["mode"] + ("+lean" if r.get("alloc") == "lean" else "")
+        if r["mode"] == "hvp":
+            mode += f" ({r.get('method', 'rev')})"
+        mark = ("Pareto " if r.get("pareto") else "") + ("meets" if r.get("meets_target") else "")
+        rows.append([
+            r["model"], r["params"], mode, r.get("k", ""), r.get("micro") or "",
+            _num(r["wall_s"]), f"{r['peak_mib']:.0f}", _num(r.get("time_x_grad")),
+            _num(r.get("mem_x_grad")), _num(r.get("mem_x_leanest_grad")), mark,
+        ])  # fmt: skip
+    head = ["model", "params", "mode", "K", "mb", "s / op", "peak MiB", "time × grad",
+            "mem × grad", "mem × leanest grad", ""]  # fmt: skip
+    return [*out, *_table(head, rows), ""]
+
+
 GATING = """## Gating with pytest-benchmark
 
 `make bench` saves every run under `reports/bench/history/` (`--benchmark-autosave`) and
@@ -205,8 +239,8 @@ generous threshold; contention alone moves medians by 10–20 %.
 
 
 def render() -> str:
-    acc, speed, scale = (_load(n) for n in ("peers_accuracy.json", "peers_speed.json",
-                                            "scale.json"))  # fmt: skip
+    acc, speed, scale, curv = (_load(n) for n in ("peers_accuracy.json", "peers_speed.json",
+                                                  "scale.json", "curvature.json"))  # fmt: skip
     lines = [
         "# Benchmarks: prm_check beside PyHessian, curvlinops and hessian-eigenthings",
         "",
@@ -216,6 +250,7 @@ def render() -> str:
         *accuracy_section(acc),
         *speed_section(speed),
         *scale_section(scale),
+        *curvature_section(curv),
         GATING,
     ]
     return "\n".join(lines)

@@ -10,6 +10,10 @@ RSS with the default and at 2601 MiB with a fixed 64 KiB threshold (1 MiB was no
 3029 MiB); a gradient at 1682 vs 1436 MiB. A fixed threshold (``mallopt(M_MMAP_THRESHOLD)``)
 makes every block of 64 KiB or more its own mapping, unmapped on free.
 
+Those figures predate taking HVP contributions on their edges (curvature/operator.py);
+with it, the full grid (K = 16, 4 × 1×128) measured 2798 MiB default vs 2397 MiB lean, at
+5.17 vs 7.65 s per probe.
+
 Why opt-in (``PRM_CHECK_MALLOC=lean``): fresh mappings cost page faults and zeroing. In the
 full curvature benchmark grid (OPT-125m, 4×128) the lean setting spent 21 of 69 CPU-minutes
 in the kernel: one Hessian-vector product took 3.8× a gradient instead of ~2.9×, the probe
