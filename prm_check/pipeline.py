@@ -28,8 +28,8 @@ from typing import Any
 from prm_check.errors import DataError, PrmCheckError, SpecError
 
 # 2: packed probes; 3: spectrum_tokens; 4: MoPe once per (group, level); 5: EIGEN_TOL;
-# 6: the diagonal folded with addcmul_ (float rounding differs)
-CODE_VERSION = "6"
+# 6: the diagonal folded with addcmul_ (float rounding differs); 7: radial_grad column
+CODE_VERSION = "7"
 # Top eigenvalues to 1e-4 relative (ARPACK tol): residuals are reported beside them; tol=0
 # (machine precision) took 40 products where ~25 give the spectrum's shape.
 EIGEN_TOL = 1e-4
@@ -494,6 +494,11 @@ def _planted_evaluation(spec, inp, ids, modules, units, planted, f, s, n) -> dic
     base = weight_baselines(inp, ids, units)
     rng = np.random.default_rng(ps.seed)
     base["grad_norm"] = s["grad_norm"]
+    if "radial_grad" in s and "radial_grad" in n:
+        # d L/d(scale of the unit), non-members minus members: the norm-held planted
+        # fine-tune leaves this first-order term non-zero by construction (DESIGN §5), so it
+        # is a trivial baseline a Hessian rule has to beat, never a Hessian rule itself
+        base["radial_grad"] = n["radial_grad"] - s["radial_grad"]
     base["random"] = rng.random(len(ids))
     for name, score in base.items():
         kind = "oracle" if name == "weight_delta" else "baseline"

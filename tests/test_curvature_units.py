@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from prm_check.curvature import UnitFeatures, compute_unit_features, enumerate_units
+from prm_check.curvature import (
+    HessianOperator,
+    UnitFeatures,
+    compute_unit_features,
+    enumerate_units,
+)
 from prm_check.curvature.units import reduce_per_unit
 from prm_check.errors import CurvatureError
 from tests.test_curvature_operator import ragged, tiny
@@ -86,11 +91,19 @@ def test_features_table_columns_se_and_csv_roundtrip(tmp_path):
         "obd_se",
         "fisher_sum",
         "grad_norm",
+        "radial_grad",
         "weight_rms",
         "act_sparsity",
         "n_params",
     ):
         assert col in uf.columns
+    # radial_grad is g·w per unit: neuron rows + biases of layer 0's Linears cover them all
+    op = HessianOperator(model, batches, "*layers.0.*")
+    w = torch.cat([p.detach().reshape(-1) for p in op.params])
+    covered = [i for i, n in enumerate(op.param_names) if "layer_norm" not in n]
+    mask = torch.cat([torch.full((p.numel(),), i in covered) for i, p in enumerate(op.params)])
+    expected = float((op.gradient() * w)[mask].sum())
+    assert float(uf.column("radial_grad").sum()) == pytest.approx(expected, rel=1e-9, abs=1e-12)
     assert uf.meta["data"] == "real" and uf.meta["loss"] == "func" and uf.meta["probe_groups"] == 2
     fc1 = [i for i, u in enumerate(uf.unit_ids) if ".fc1[" in u]
     assert np.isfinite(uf.column("hdiag_sum_se")[fc1]).all()

@@ -94,7 +94,8 @@ def compute_unit_features(
     """One row per unit of ``granularity`` with the statistics listed in DESIGN.md §4.
 
     Columns: hdiag_sum(+_se), hdiag_mean(+_se), hdiag_max, hdiag_q10/q50/q90, obd(+_se)
-    (½·Σ h_ii·w_i²), fisher_sum, grad_norm, weight_rms, act_sparsity, n_params, and for
+    (½·Σ h_ii·w_i²), fisher_sum, grad_norm, radial_grad (g·w), weight_rms, act_sparsity,
+    n_params, and for
     tensor units top_eig (``top_eig=None`` means "only at tensor granularity").
     ``activation_batches`` defaults to ``batches``.
     """
@@ -152,6 +153,9 @@ def compute_unit_features(
     _emit(progress, f"[{loss_name}] gradient")
     grad = _by_name(op, op.gradient())
     cols["grad_norm"] = np.sqrt(reduce_per_unit(units, {n: g * g for n, g in grad.items()}))
+    # g_u · w_u: the loss's first-order change when the unit's weights are scaled (a
+    # neuron's row and bias scale its pre-activation). A first-order baseline, not curvature.
+    cols["radial_grad"] = reduce_per_unit(units, {n: g * weights[n] for n, g in grad.items()})
     if fisher:
         _emit(progress, f"[{loss_name}] empirical Fisher")
         fd = fisher_diagonal(op.model, op.batches, op.param_names, dtype=op.dtype)
