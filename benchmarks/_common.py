@@ -48,26 +48,11 @@ def shape_config(kind: str | dict[str, Any]) -> dict[str, Any]:
 
 def opt_model(kind: str | dict[str, Any], dtype=None, seed: int = 0):
     """A random-weight OPT of the given shape, eval mode, eager attention, no dropout."""
-    import torch
-    from transformers import OPTConfig, OPTForCausalLM
+    from prm_check.models.random_opt import random_opt
 
-    torch.manual_seed(seed)
     shape = shape_config(kind)
-    shape.setdefault("word_embed_proj_dim", shape["hidden_size"])
     shape.setdefault("max_position_embeddings", 2048)
-    cfg = OPTConfig(
-        **shape,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        layerdrop=0.0,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=1,
-    )
-    cfg._attn_implementation = "eager"
-    model = OPTForCausalLM(cfg).eval()
-    return model.to(dtype) if dtype is not None else model
+    return random_opt(seed, dtype=dtype, **shape).eval()
 
 
 def token_batch(vocab: int, batch: int, seq: int = SEQ, seed: int = 1):

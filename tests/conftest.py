@@ -48,29 +48,19 @@ def make_tiny_opt(
     dtype=None,
 ):
     """A random OPT with eager attention; ~1-5k parameters at the defaults."""
-    import torch
-    from transformers import OPTConfig, OPTForCausalLM
+    from prm_check.models.random_opt import random_opt
 
-    torch.manual_seed(seed)
-    cfg = OPTConfig(
+    model = random_opt(
+        seed,
+        dtype=dtype,
         vocab_size=vocab,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         ffn_dim=ffn,
         max_position_embeddings=64,
-        word_embed_proj_dim=hidden,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=1,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        layerdrop=0.0,
     )
-    cfg._attn_implementation = "eager"
-    model = OPTForCausalLM(cfg).eval()
-    return model.to(dtype) if dtype is not None else model
+    return model.eval()
 
 
 def make_tiny_gpt2(

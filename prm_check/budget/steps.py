@@ -20,21 +20,11 @@ DTYPES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 def build_model(config: dict[str, Any], dtype: str = "float32", seed: int = 0):
     """A random-weight OPT of ``config`` (planner shape dict) in eval mode, eager attention."""
     import torch
-    from transformers import OPTConfig, OPTForCausalLM
 
-    torch.manual_seed(seed)
-    cfg = OPTConfig(
-        **config,
-        pad_token_id=1,
-        bos_token_id=2,
-        eos_token_id=2,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        layerdrop=0.0,
-    )
-    cfg._attn_implementation = "eager"
-    return OPTForCausalLM(cfg).eval().to(getattr(torch, dtype))
+    from prm_check.models.random_opt import random_opt
+
+    model = random_opt(seed, pad_id=1, eos_id=2, **config)
+    return model.eval().to(getattr(torch, dtype))
 
 
 def random_batch(vocab: int, batch: int, seq: int, seed: int = 0):

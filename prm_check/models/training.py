@@ -106,28 +106,20 @@ def fixed_threads(n: int) -> Iterator[None]:
 
 def build_opt(cfg: dict, vocab_size: int, pad_id: int, eos_id: int, seed: int):
     """A randomly initialised OPT causal LM (eager attention, no dropout) from ``seed``."""
-    from transformers import OPTConfig, OPTForCausalLM
+    from prm_check.models.random_opt import random_opt
 
-    config = OPTConfig(
+    return random_opt(
+        seed,
+        pad_id=pad_id,
+        eos_id=eos_id,
         vocab_size=vocab_size,
         hidden_size=cfg["hidden"],
         num_hidden_layers=cfg["layers"],
         num_attention_heads=cfg["heads"],
         ffn_dim=cfg["ffn"],
         max_position_embeddings=cfg["max_positions"],
-        word_embed_proj_dim=cfg["hidden"],
-        pad_token_id=pad_id,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        layerdrop=0.0,
         tie_word_embeddings=True,
     )
-    config._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    return OPTForCausalLM(config)
 
 
 class _EpochSampler:
