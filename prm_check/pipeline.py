@@ -211,26 +211,21 @@ def _subset(items: list, n: int | None) -> list:
     return list(items) if n is None else list(items)[:n]
 
 
-def _batches(inp: Inputs, texts: list[str], spec):
+def _batches(inp: Inputs, texts: list[str], spec, token_cap: int | None = None):
+    """Micro-batches of ``texts``; with ``token_cap`` only the first texts up to that many
+    tokens (at least one text)."""
     from prm_check.data.batching import make_batches, tokenize_texts
 
     ids = tokenize_texts(inp.tokenizer, texts, spec.data.max_length)
+    if token_cap is not None:
+        total, keep = 0, 0
+        for seq in ids:
+            if keep and total + len(seq) > token_cap:
+                break
+            total, keep = total + len(seq), keep + 1
+        ids = ids[:keep]
     tokens = max(spec.curvature.micro_batch_tokens, spec.data.max_length)
     return make_batches(ids, tokens, inp.pad_id, sort=True)
-
-
-def _spectrum_batches(inp: Inputs, texts: list[str], spec):
-    """The first score texts up to ``curvature.spectrum_tokens`` tokens (at least one)."""
-    from prm_check.data.batching import make_batches, tokenize_texts
-
-    chosen, total = [], 0
-    for seq in tokenize_texts(inp.tokenizer, texts, spec.data.max_length):
-        if chosen and total + len(seq) > spec.curvature.spectrum_tokens:
-            break
-        chosen.append(seq)
-        total += len(seq)
-    tokens = max(spec.curvature.micro_batch_tokens, spec.data.max_length)
-    return make_batches(chosen, tokens, inp.pad_id, sort=True)
 
 
 def loss_texts(inp: Inputs, spec) -> dict[str, list[str]]:
@@ -349,9 +344,9 @@ def stage_curvature(spec, out: Path, up: dict, model_override, progress) -> dict
             "meta": feats.meta,
         }
         if loss != "nonmember" and (c.top_k > 0 or c.slq_probes > 0):
-            # The whole-subset spectrum uses the first micro-batches only: eigsh and Lanczos
-            # need tens of products each, and the spectrum's shape is what is reported.
-            sub = _spectrum_batches(inp, tx, spec)
+            # The whole-subset spectrum uses the first spectrum_tokens only: eigsh and
+            # Lanczos need tens of products each, and the spectrum's shape is what is reported.
+            sub = _batches(inp, tx, spec, token_cap=c.spectrum_tokens)
             op = HessianOperator(
                 inp.model, sub, params=list(c.params), method=c.method, dtype=dtype
             )

@@ -95,8 +95,7 @@ def compute_unit_features(
 
     Columns: hdiag_sum(+_se), hdiag_mean(+_se), hdiag_max, hdiag_q10/q50/q90, obd(+_se)
     (½·Σ h_ii·w_i²), fisher_sum, grad_norm, radial_grad (g·w), weight_rms, act_sparsity,
-    n_params, and for
-    tensor units top_eig (``top_eig=None`` means "only at tensor granularity").
+    n_params, and for tensor units top_eig (``top_eig=None`` means "only at tensor granularity").
     ``activation_batches`` defaults to ``batches``.
     """
     if not loss_name:
