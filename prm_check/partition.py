@@ -124,13 +124,15 @@ class SelectionQuality:
 
 @dataclass(frozen=True)
 class PlantedScore:
-    """A score's planted-vs-rest ROC-AUC and the quality of its top-q and Wsens sets."""
+    """A score's planted-vs-rest ROC-AUC (bootstrap CI) and its top-q and Wsens quality."""
 
     name: str
     kind: str  # "hessian_rule" | "baseline" | "oracle"
     roc_auc: float
     top_q: list[SelectionQuality] = field(default_factory=list)
     wsens: list[SelectionQuality] = field(default_factory=list)
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
 
 
 def selection_quality(selected: np.ndarray, planted: np.ndarray, q: float) -> SelectionQuality:
@@ -148,6 +150,16 @@ def selection_quality(selected: np.ndarray, planted: np.ndarray, q: float) -> Se
     )
 
 
+def _ranked_finite(score: np.ndarray) -> np.ndarray:
+    """NaN and -inf just below the lowest finite score, +inf just above the highest."""
+    finite = np.isfinite(score)
+    if finite.all():
+        return score
+    lo, hi = (float(f(score[finite])) if finite.any() else 0.0 for f in (np.min, np.max))
+    low = np.isnan(score) | np.isneginf(score)
+    return np.where(low, lo - 1.0, np.where(np.isposinf(score), hi + 1.0, score))
+
+
 def planted_score(
     name: str,
     kind: str,
@@ -155,20 +167,82 @@ def planted_score(
     planted: np.ndarray,
     q_grid: Sequence[float],
     func_score: np.ndarray | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> PlantedScore:
-    """Threshold-free AUC plus top-q (and, with ``func_score``, Wsens) quality per q."""
-    from sklearn.metrics import roc_auc_score
+    """Threshold-free AUC with a bootstrap 95 % CI (planted and other units resampled
+    separately), plus top-q (and, with ``func_score``, Wsens) quality per q.
 
+    A unit whose score is NaN ranks below every scored unit.
+    """
+    from prm_check.privacy.metrics import auc_with_ci
+
+    planted = np.asarray(planted, dtype=bool)
     if planted.all() or not planted.any():
         raise DataError("planted evaluation needs both planted and non-planted units in the pool")
-    score = np.nan_to_num(np.asarray(score, dtype=float), nan=-np.inf, neginf=-1e300)
-    auc = float(roc_auc_score(planted, score))
+    score = _ranked_finite(np.asarray(score, dtype=float))
+    auc = auc_with_ci(score[planted], score[~planted], n_boot=n_boot, seed=seed)
     top = [selection_quality(top_fraction(score, q), planted, q) for q in q_grid]
     ws = []
     if func_score is not None:
         for q in q_grid:
             ws.append(selection_quality(assign_groups(func_score, score, q) == "Wsens", planted, q))
-    return PlantedScore(name=name, kind=kind, roc_auc=auc, top_q=top, wsens=ws)
+    return PlantedScore(
+        name=name,
+        kind=kind,
+        roc_auc=auc.auc,
+        top_q=top,
+        wsens=ws,
+        ci_low=auc.ci_low,
+        ci_high=auc.ci_high,
+    )
+
+
+def planted_verdict(evals: Sequence[PlantedScore]) -> dict:
+    """Best Hessian rule vs best trivial baseline (and the oracle), in one plain sentence.
+
+    The acceptance question of a planted run is whether curvature finds the planted units
+    better than statistics that need no curvature; this states the answer whichever way
+    it goes, and whether the two AUCs' 95 % CIs overlap (then the order is not resolved).
+    """
+
+    def best(kind: str) -> PlantedScore | None:
+        pool = [e for e in evals if e.kind == kind]
+        return max(pool, key=lambda e: e.roc_auc) if pool else None
+
+    rule, base, oracle = best("hessian_rule"), best("baseline"), best("oracle")
+    out: dict = {"data": "real"}
+    for key, e in (("best_hessian_rule", rule), ("best_baseline", base), ("oracle", oracle)):
+        out[key] = (
+            None
+            if e is None
+            else {"name": e.name, "roc_auc": e.roc_auc, "ci_low": e.ci_low, "ci_high": e.ci_high}
+        )
+    if rule is None or base is None:
+        out["winner"] = None
+        out["finding"] = "no Hessian rule or no trivial baseline was evaluated"
+        return out
+    margin = rule.roc_auc - base.roc_auc
+    resolved = rule.ci_low > base.ci_high or base.ci_low > rule.ci_high
+    out["margin"] = margin
+    out["ci_separated"] = bool(resolved)
+    out["winner"] = "hessian_rule" if margin > 0 else "baseline"
+    lead, other = (rule, base) if margin > 0 else (base, rule)
+    lead_kind = "the Hessian rule" if margin > 0 else "a trivial baseline"
+    other_kind = "the best trivial baseline" if margin > 0 else "the best Hessian rule"
+    sentence = (
+        f"{lead_kind} ({lead.name}, ROC-AUC {lead.roc_auc:.3f} "
+        f"[{lead.ci_low:.3f}, {lead.ci_high:.3f}]) finds the planted units better than "
+        f"{other_kind} ({other.name}, {other.roc_auc:.3f} [{other.ci_low:.3f}, "
+        f"{other.ci_high:.3f}])"
+    )
+    if not resolved:
+        sentence += "; their 95 % CIs overlap, so the order is not resolved"
+    if oracle is not None:
+        sentence += f"; oracle |w - w_ref| {oracle.roc_auc:.3f}"
+    out["finding"] = sentence[0].upper() + sentence[1:]
+    return out
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 
 Each stage is a function of the spec (and upstream stage outputs read from the cache)
 that returns a JSON-able dict and may write array files beside it. Its cache key is the
-hash of the spec sections it reads plus its upstream keys and ``CODE_VERSION``, so a
+hash of the spec sections it reads plus its upstream keys and its ``CODE_VERSIONS`` entry, so a
 re-run after a failure resumes at the failed stage and an edited section recomputes only
 what depends on it. Stages run in a guarded child (``budget.guard``) under the spec's
 budgets, so a heavy step that breaks its budget fails cleanly instead of taking the
@@ -27,9 +27,20 @@ from typing import Any
 
 from prm_check.errors import DataError, PrmCheckError, SpecError
 
-# 2: packed probes; 3: spectrum_tokens; 4: MoPe once per (group, level); 5: EIGEN_TOL;
-# 6: the diagonal folded with addcmul_ (float rounding differs); 7: radial_grad column
-CODE_VERSION = "7"
+# Per stage, bumped whenever the stage's code changes what it outputs (its downstream
+# stages' keys follow through the upstream chain). History: 2: packed probes;
+# 3: spectrum_tokens; 4: MoPe once per (group, level); 5: EIGEN_TOL; 6: the diagonal folded
+# with addcmul_ (float rounding differs); 7: radial_grad column (all stages shared one
+# number up to 7); partition 8: AUC CIs and the planted verdict.
+CODE_VERSIONS = {
+    "assets": "7",
+    "baseline": "7",
+    "curvature": "7",
+    "partition": "8",
+    "sweep": "7",
+    "embedding": "7",
+    "fidelity": "7",
+}
 # Top eigenvalues to 1e-4 relative (ARPACK tol): residuals are reported beside them; tol=0
 # (machine precision) took 40 products where ~25 give the spectrum's shape.
 EIGEN_TOL = 1e-4
@@ -87,7 +98,7 @@ def stage_keys(spec, model_override: str | None = None) -> dict[str, str]:
     for stage in STAGES:
         parts = {
             "stage": stage,
-            "code": CODE_VERSION,
+            "code": CODE_VERSIONS[stage],
             "sections": {s: d.get(s) for s in STAGE_SECTIONS[stage]},
             "upstream": [keys[u] for u in STAGE_UPSTREAM[stage]],
         }
@@ -483,7 +494,13 @@ def _planted_evaluation(spec, inp, ids, modules, units, planted, f, s, n) -> dic
             continue
         evals.append(
             P.planted_score(
-                rule, "hessian_rule", ss[pool], is_planted, ps.q_grid, func_score=fs[pool]
+                rule,
+                "hessian_rule",
+                ss[pool],
+                is_planted,
+                ps.q_grid,
+                func_score=fs[pool],
+                seed=ps.seed,
             )
         )
     base = weight_baselines(inp, ids, units)
@@ -497,11 +514,21 @@ def _planted_evaluation(spec, inp, ids, modules, units, planted, f, s, n) -> dic
     base["random"] = rng.random(len(ids))
     for name, score in base.items():
         kind = "oracle" if name == "weight_delta" else "baseline"
-        evals.append(P.planted_score(name, kind, np.asarray(score)[pool], is_planted, ps.q_grid))
+        evals.append(
+            P.planted_score(
+                name,
+                kind,
+                np.asarray(score)[pool],
+                is_planted,
+                ps.q_grid,
+                seed=ps.seed,
+            )
+        )
     return {
         "planted_pool": f"{int(pool.sum())} units in {sorted(planted_mods)}",
         "planted_fraction": float(is_planted.mean()),
         "planted_eval": [_asdict(e) for e in evals],
+        "planted_verdict": P.planted_verdict(evals),
     }
 
 

@@ -56,13 +56,16 @@ def partition_section(p: dict) -> str:
                 [
                     e["name"],
                     e["kind"],
-                    _f(e["roc_auc"]),
+                    _ci(e, "roc_auc"),
                     _f(top["lift"], 2) if top else "n/a",
                     _f(top["recall"], 2) if top else "n/a",
                 ]
             )
         out.append(f"planted units ({p.get('planted_pool')}):")
-        out.append(_table(["score", "kind", "ROC-AUC", f"lift@{q}", f"recall@{q}"], rows))
+        out.append(_table(["score", "kind", "ROC-AUC [95% CI]", f"lift@{q}", f"recall@{q}"], rows))
+        verdict = p.get("planted_verdict") or {}
+        if verdict.get("finding"):
+            out.append(f"finding: {verdict['finding']}")
     return "\n".join(out)
 
 

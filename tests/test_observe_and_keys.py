@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from prm_check import pipeline
 from prm_check.observe import evaluate_check, observed_value
 from prm_check.pipeline import stage_keys, unit_module
 from prm_check.spec import default_spec
@@ -80,6 +81,18 @@ def test_stage_keys_change_only_downstream_of_an_edit():
     k = stage_keys(curv)
     assert k["assets"] == base["assets"] and k["curvature"] != base["curvature"]
     assert k["partition"] != base["partition"] and k["sweep"] != base["sweep"]
+
+
+def test_a_stage_code_version_bump_reaches_only_that_stage_and_its_downstream(monkeypatch):
+    assert set(pipeline.CODE_VERSIONS) == set(pipeline.STAGES)
+    spec = default_spec()
+    base = stage_keys(spec)
+    monkeypatch.setitem(pipeline.CODE_VERSIONS, "partition", "bumped")
+    k = stage_keys(spec)
+    for stage in ("assets", "baseline", "curvature"):
+        assert k[stage] == base[stage], stage
+    for stage in ("partition", "sweep", "embedding", "fidelity"):
+        assert k[stage] != base[stage], stage
 
 
 def test_unit_module():

@@ -7,10 +7,12 @@ from sklearn.metrics import roc_auc_score
 from prm_check.errors import DataError, SpecError
 from prm_check.partition import (
     GROUPS,
+    PlantedScore,
     apply_sign,
     assign_groups,
     matched_control,
     planted_score,
+    planted_verdict,
     rule_scores,
     top_fraction,
 )
@@ -81,3 +83,43 @@ def test_planted_score_against_sklearn_and_lift():
     assert top.precision == hits / 10
     assert top.lift == pytest.approx(top.precision / 0.1)
     assert top.recall == hits / 10
+    assert res.ci_low <= res.roc_auc <= res.ci_high
+
+
+def test_planted_score_ranks_nan_lowest_and_keeps_inf_order():
+    planted = np.array([True, True, False, False, False])
+    score = np.array([np.inf, 1.0, np.nan, -np.inf, 0.5])
+    res = planted_score("x", "baseline", score, planted, [0.4], n_boot=50)
+    # planted: +inf and 1.0; others: nan, -inf (both lowest) and 0.5 -> perfect separation
+    assert res.roc_auc == 1.0
+    assert res.top_q[0].precision == 1.0
+
+
+def _score(name: str, kind: str, auc: float, lo: float, hi: float) -> PlantedScore:
+    return PlantedScore(name=name, kind=kind, roc_auc=auc, ci_low=lo, ci_high=hi)
+
+
+def test_planted_verdict_says_plainly_when_a_baseline_wins():
+    evals = [
+        _score("obd", "hessian_rule", 0.49, 0.46, 0.52),
+        _score("fisher", "hessian_rule", 0.55, 0.52, 0.58),
+        _score("radial_grad", "baseline", 0.70, 0.67, 0.73),
+        _score("weight_delta", "oracle", 1.0, 1.0, 1.0),
+    ]
+    v = planted_verdict(evals)
+    assert v["winner"] == "baseline" and v["ci_separated"] is True
+    assert v["best_hessian_rule"]["name"] == "fisher"
+    assert v["margin"] == pytest.approx(0.55 - 0.70)
+    assert v["finding"].startswith("A trivial baseline (radial_grad")
+    assert "oracle" in v["finding"] and "not resolved" not in v["finding"]
+
+
+def test_planted_verdict_flags_overlapping_cis_and_handles_missing_kinds():
+    evals = [
+        _score("obd", "hessian_rule", 0.82, 0.78, 0.86),
+        _score("grad_norm", "baseline", 0.80, 0.76, 0.84),
+    ]
+    v = planted_verdict(evals)
+    assert v["winner"] == "hessian_rule" and v["ci_separated"] is False
+    assert "not resolved" in v["finding"] and v["oracle"] is None
+    assert planted_verdict(evals[:1])["winner"] is None

@@ -181,7 +181,7 @@ def _partition(results: Mapping[str, Any]) -> str:
                 (
                     p.get("name"),
                     p.get("kind"),
-                    _f(p.get("roc_auc")),
+                    f"{_f(p.get('roc_auc'))} [{_f(p.get('ci_low'))}, {_f(p.get('ci_high'))}]",
                     _f(tq.get("q")),
                     _f(tq.get("precision")),
                     _f(tq.get("recall")),
@@ -194,10 +194,13 @@ def _partition(results: Mapping[str, Any]) -> str:
             "<p>A Hessian rule earns its keep only by beating the baselines; the oracle "
             "is the ceiling.</p>"
         )
+        finding = (part.get("planted_verdict") or {}).get("finding")
+        if finding:
+            out.append(f"<p><strong>Finding:</strong> {_e(finding)}</p>")
         hdr = (
             "score",
             "kind",
-            "ROC-AUC planted vs rest",
+            "ROC-AUC planted vs rest [95% CI]",
             "q",
             "precision@q",
             "recall@q",
