@@ -472,6 +472,12 @@ def _outgoing(uid: str, params: dict):
     return params[name].detach()[:, int(idx.rstrip("]"))] if name in params else None
 
 
+def baseline_family(name: str) -> str:
+    """The ``partition.baselines`` entry a baseline score belongs to (weight_norm_row ->
+    weight_norm), so the spec's list selects which baselines are scored."""
+    return "weight_norm" if name.startswith("weight_norm_") else name
+
+
 def _planted_evaluation(spec, inp, ids, modules, units, planted, f, s, n) -> dict:
     """Every rule and baseline judged on separating planted units from the rest.
 
@@ -512,6 +518,7 @@ def _planted_evaluation(spec, inp, ids, modules, units, planted, f, s, n) -> dic
         # is a trivial baseline a Hessian rule has to beat, never a Hessian rule itself
         base["radial_grad"] = n["radial_grad"] - s["radial_grad"]
     base["random"] = rng.random(len(ids))
+    base = {k: v for k, v in base.items() if baseline_family(k) in ps.baselines}
     for name, score in base.items():
         kind = "oracle" if name == "weight_delta" else "baseline"
         evals.append(

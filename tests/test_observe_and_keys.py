@@ -6,8 +6,8 @@ import pytest
 
 from prm_check import pipeline
 from prm_check.observe import evaluate_check, observed_value
-from prm_check.pipeline import stage_keys, unit_module
-from prm_check.spec import default_spec
+from prm_check.pipeline import baseline_family, stage_keys, unit_module
+from prm_check.spec import BASELINES, default_spec
 from prm_check.spec.checks import CheckSpec
 
 RESULTS = {
@@ -102,3 +102,9 @@ def test_unit_module():
         == "model.decoder.layers.0.self_attn"
     )
     assert unit_module("model.decoder.layers.0.fc2") == "model.decoder.layers.0.fc2"
+
+
+def test_every_baseline_score_belongs_to_a_spec_baseline():
+    names = ["weight_norm_row", "weight_norm_bias", "weight_norm_col", "grad_norm"]
+    names += ["radial_grad", "random", "weight_delta"]
+    assert {baseline_family(n) for n in names} == set(BASELINES)
