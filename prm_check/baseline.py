@@ -180,6 +180,28 @@ def machine_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> l
     ]
 
 
+def model_divergence(stored: Mapping[str, str] | None, current: Mapping[str, str] | None) -> str:
+    """Why an item's numbers are not comparable with the baseline's, or ``""`` if they are.
+
+    Same recipe but other weights means the built-in model was trained on a machine whose
+    float round-off differs (training amplifies it into different weights, so every
+    model-dependent number moves): comparing them would report hardware as a regression.
+    Another recipe, or no identity on either side, is comparable — a change to what the
+    model is must be gated like any other change.
+    """
+    if not stored or not current:
+        return ""
+    if stored.get("recipe") != current.get("recipe") or stored.get("weights") == current.get(
+        "weights"
+    ):
+        return ""
+    return (
+        f"the baseline was measured on weights {str(stored.get('weights'))[:12]}, this machine "
+        f"built {str(current.get('weights'))[:12]} from the same recipe "
+        f"({current.get('recipe')}): training round-off differs between CPUs"
+    )
+
+
 class Baseline:
     """A baseline file in memory: tolerances plus ``profiles[profile].items[nodeid]``.
 
@@ -262,12 +284,21 @@ class Baseline:
             for n in names
         ]
 
-    def record(self, profile: str, nodeid: str, metrics: Mapping[str, float]) -> None:
-        """Store ``metrics`` for an item, keeping its tolerance overrides."""
+    def record(
+        self,
+        profile: str,
+        nodeid: str,
+        metrics: Mapping[str, float],
+        model: Mapping[str, str] | None = None,
+    ) -> None:
+        """Store ``metrics`` (and the ``model`` identity they came from) for an item,
+        keeping its tolerance overrides."""
         items = self._profile(profile)["items"]
         old = items.get(nodeid, {})
         # Non-finite values are stored as null: strict JSON, and "no stored value" on compare.
         new: dict[str, Any] = {"metrics": {k: _finite_or_none(metrics[k]) for k in sorted(metrics)}}
+        if model:
+            new["model"] = dict(model)
         if "tolerances" in old:
             new["tolerances"] = old["tolerances"]
         items[nodeid] = new

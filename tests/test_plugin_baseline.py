@@ -96,6 +96,34 @@ def test_machine_mismatch_warns_and_missing_items_are_listed(project: FakeProjec
     )
 
 
+def test_same_recipe_other_weights_warns_instead_of_failing(project: FakeProject):
+    # A built-in model trained on another CPU: same recipe, other weights, other numbers.
+    project.behave(model={"recipe": "tiny-opt-s0-r1", "weights": "aaaa"})
+    _record(project, "--prm-force-baseline")
+    data = json.loads((project.pytester.path / "b.json").read_text())
+    sweep = data["profiles"]["full"]["items"]["small.prm.toml::sweep"]
+    assert sweep["model"] == {"recipe": "tiny-opt-s0-r1", "weights": "aaaa"}
+    project.behave(shift=0.01, model={"recipe": "tiny-opt-s0-r1", "weights": "bbbb"})
+    result = project.pytester.runpytest(*CHECKS, "--prm-baseline=b.json")
+    result.assert_outcomes(passed=N, deselected=len(SMALL_IDS) - N, warnings=1)
+    result.stdout.fnmatch_lines(
+        ["*check[[]Wsens-0.3-delta_auc_loss[]]: baseline not applied: the baseline was "
+         "measured on weights aaaa, this machine built bbbb from the same recipe*"]
+    )  # fmt: skip
+
+
+def test_another_recipe_is_still_a_regression(project: FakeProject):
+    project.behave(model={"recipe": "tiny-opt-s0-r1", "weights": "aaaa"})
+    _record(project, "--prm-force-baseline")
+    project.behave(shift=0.01, model={"recipe": "tiny-opt-s0-r2", "weights": "bbbb"})
+    result = project.pytester.runpytest(*CHECKS, "--prm-baseline=b.json")
+    result.assert_outcomes(failed=1, passed=N - 1, deselected=len(SMALL_IDS) - N)
+    # and the same weights are gated as before
+    project.behave(shift=0.01, model={"recipe": "tiny-opt-s0-r1", "weights": "aaaa"})
+    result = project.pytester.runpytest(*CHECKS, "--prm-baseline=b.json")
+    result.assert_outcomes(failed=1, passed=N - 1, deselected=len(SMALL_IDS) - N)
+
+
 def test_missing_baseline_file_is_a_usage_error(project: FakeProject):
     project.spec()
     result = project.pytester.runpytest("--prm-baseline=nope.json")

@@ -8,17 +8,25 @@ item's report (the controller, or the only process) — reports carry the metric
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from prm_check.baseline import Baseline, BaselineError, format_table, machine_info
+from prm_check.baseline import (
+    Baseline,
+    BaselineError,
+    format_table,
+    machine_info,
+    model_divergence,
+)
 from prm_check.baseline import machine_mismatch as _mismatch
 from prm_check.pytest_plugin import options
-from prm_check.pytest_plugin.spec_items import METRIC_PREFIX
+from prm_check.pytest_plugin.spec_items import METRIC_PREFIX, MODEL_RECIPE, MODEL_WEIGHTS
 
-STATUS = "prm_baseline"  # user property: missing / ok / updated / unchanged / recorded
+# user property: missing / ok / updated / unchanged / recorded / not-comparable
+STATUS = "prm_baseline"
 
 
 def item_metrics(props: list[tuple[str, Any]]) -> dict[str, float]:
@@ -28,6 +36,14 @@ def item_metrics(props: list[tuple[str, Any]]) -> dict[str, float]:
         if name.startswith(METRIC_PREFIX) and isinstance(value, (int, float)):
             out[name[len(METRIC_PREFIX) :]] = value
     return out
+
+
+def model_identity(props: list[tuple[str, Any]]) -> dict[str, str] | None:
+    """The item's model recipe and weights hash (set by the spec items), if it has one."""
+    d = dict(props)
+    if MODEL_WEIGHTS not in d:
+        return None
+    return {"recipe": str(d.get(MODEL_RECIPE)), "weights": str(d[MODEL_WEIGHTS])}
 
 
 class BaselineGate:
@@ -48,7 +64,7 @@ class BaselineGate:
             self.baseline = Baseline.load(path, missing_ok=self.mode != "check")
         except BaselineError as exc:
             raise pytest.UsageError(str(exc)) from None
-        self.recorded: dict[str, dict[str, float]] = {}
+        self.recorded: dict[str, tuple[dict[str, float], dict[str, str] | None]] = {}
         self.missing: list[str] = []
         self.written: Path | None = None
         self.mismatch = []
@@ -74,11 +90,12 @@ class BaselineGate:
         entry = self.baseline.entry(self.profile, item.nodeid)
         rows = self.baseline.compare(self.profile, item.nodeid, metrics)
         regressed = [r for r in rows if not r.ok]
+        here = model_identity(item.user_properties)
         if self.mode == "force":
             item.user_properties.append((STATUS, "recorded"))
             return
         if self.mode == "update":
-            changed = entry is None or bool(regressed)
+            changed = entry is None or bool(regressed) or entry.get("model") != here
             item.user_properties.append((STATUS, "updated" if changed else "unchanged"))
             if changed:
                 what = "new item" if entry is None else "values moved beyond tolerance"
@@ -91,6 +108,20 @@ class BaselineGate:
         if entry is None:
             item.user_properties.append((STATUS, "missing"))
             self.missing.append(item.nodeid)
+            return
+        diverged = model_divergence(entry.get("model"), here)
+        if regressed and diverged:
+            # Not a regression of the code: the numbers come from other weights. Say so
+            # loudly, and how to gate on this machine, but do not fail.
+            item.user_properties.append((STATUS, "not-comparable"))
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"{item.nodeid}: baseline not applied: {diverged}. To gate on this "
+                    f"machine, record its numbers with --prm-update-baseline.\n"
+                    + format_table(rows)
+                ),
+                stacklevel=2,
+            )
             return
         item.user_properties.append((STATUS, "regression" if regressed else "ok"))
         if regressed:
@@ -108,13 +139,13 @@ class BaselineGate:
             return
         metrics = item_metrics(report.user_properties)
         if metrics:
-            self.recorded[report.nodeid] = metrics
+            self.recorded[report.nodeid] = (metrics, model_identity(report.user_properties))
 
     def finish(self) -> None:
         """Write the baseline atomically once per session (controller only)."""
         if self.mode == "check" or not self.recorded:
             return
-        for nodeid, metrics in self.recorded.items():
-            self.baseline.record(self.profile, nodeid, metrics)
+        for nodeid, (metrics, model) in self.recorded.items():
+            self.baseline.record(self.profile, nodeid, metrics, model)
         self.baseline.set_machine(self.profile, machine_info())
         self.written = self.baseline.write(self.path)

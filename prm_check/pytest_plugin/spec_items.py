@@ -18,6 +18,11 @@ from prm_check.errors import BudgetExceeded, PrmCheckError
 from prm_check.pytest_plugin.runtime import StageOutcome, UpstreamFailed
 
 METRIC_PREFIX = "prm."
+# The model an item's numbers come from: the recipe it was built from (the built-in cache
+# key, or the folder for a local model) and the hash of its weights. The baseline gate
+# compares numbers only between the same weights (see pytest_plugin.gating).
+MODEL_RECIPE = "prm_model_recipe"
+MODEL_WEIGHTS = "prm_model_weights"
 SWEEP_CHECK_STAGE = "sweep"
 PARTITION_CHECK_STAGE = "partition"
 
@@ -32,7 +37,20 @@ class ItemContext:
         self.stages = stages
 
     def outcome(self, stage: str) -> StageOutcome:
-        return self.stages.outcome(self.spec, stage, self.item)
+        out = self.stages.outcome(self.spec, stage, self.item)
+        self._identify_model()
+        return out
+
+    def _identify_model(self) -> None:
+        """Attach the model's recipe and weights hash (once; the assets stage ran first)."""
+        if any(name == MODEL_WEIGHTS for name, _ in self.item.user_properties):
+            return
+        assets = self.stages.outcome(self.spec, "assets", self.item)
+        info = (assets.section or {}).get("model") or {} if assets.error is None else {}
+        if info.get("hash"):
+            recipe = info.get("cache_key") or info.get("source")
+            self.item.user_properties.append((MODEL_RECIPE, str(recipe)))
+            self.item.user_properties.append((MODEL_WEIGHTS, str(info["hash"])))
 
     def stage(self, stage: str) -> dict:
         """The stage's section, or this item fails with the stage's one-line error."""

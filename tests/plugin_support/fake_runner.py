@@ -140,7 +140,11 @@ def compute(stage: str, spec: dict, behaviour: dict) -> dict:
         from prm_check.errors import DataError
 
         raise DataError(own["error"])
-    return _section(stage, spec, float(behaviour.get("shift", 0.0)))
+    section = _section(stage, spec, float(behaviour.get("shift", 0.0)))
+    if stage == "assets" and behaviour.get("model"):  # {"recipe": .., "weights": ..}
+        m = behaviour["model"]
+        section["model"] |= {"cache_key": m["recipe"], "hash": m["weights"]}
+    return section
 
 
 class FakeRunner:
