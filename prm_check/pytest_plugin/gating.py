@@ -98,7 +98,13 @@ class BaselineGate:
             changed = entry is None or bool(regressed) or entry.get("model") != here
             item.user_properties.append((STATUS, "updated" if changed else "unchanged"))
             if changed:
-                what = "new item" if entry is None else "values moved beyond tolerance"
+                what = (
+                    "new item"
+                    if entry is None
+                    else "values moved beyond tolerance"
+                    if regressed
+                    else "measured on other model weights"
+                )
                 pytest.fail(
                     f"baseline updated for this item ({what}); rerun without "
                     f"--prm-update-baseline and commit {self.path.name}\n" + format_table(rows),

@@ -46,7 +46,9 @@ class ItemContext:
         if any(name == MODEL_WEIGHTS for name, _ in self.item.user_properties):
             return
         assets = self.stages.outcome(self.spec, "assets", self.item)
-        info = (assets.section or {}).get("model") or {} if assets.error is None else {}
+        if assets.error is not None or not assets.section:
+            return
+        info = assets.section.get("model") or {}
         if info.get("hash"):
             recipe = info.get("cache_key") or info.get("source")
             self.item.user_properties.append((MODEL_RECIPE, str(recipe)))
