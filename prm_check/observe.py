@@ -11,7 +11,8 @@ import math
 from prm_check.errors import DataError
 
 
-def _sweep_value(results: dict, group: str, level: float, metric: str) -> float:
+def _sweep_value(results: dict, group: str, level: float, metric: str, stat: str = "mean") -> float:
+    """``stat`` is "mean" (the point estimate) or a bound of the row's 95 % CI."""
     sweep = results.get("sweep") or {}
     if metric.endswith("_vs_control"):
         base = metric.removesuffix("_vs_control")
@@ -19,7 +20,9 @@ def _sweep_value(results: dict, group: str, level: float, metric: str) -> float:
             if (row["group"], row["metric"], row["basis"]) == (group, base, "equal_alpha") and (
                 math.isclose(row["level"], level)
             ):
-                return float(row["diff"])
+                return float(row["diff" if stat == "mean" else stat])
+        if stat != "mean":
+            raise DataError(f"no confidence interval for {metric} of {group} at level {level}")
         # groups other than the default Wsens: difference of the two means
         a = _sweep_value(results, group, level, base)
         b = _sweep_value(results, "control", level, base)
@@ -28,14 +31,16 @@ def _sweep_value(results: dict, group: str, level: float, metric: str) -> float:
         return 0.0  # the clean model against itself, by definition
     for row in sweep.get("summary", []):
         if row["group"] == group and row["metric"] == metric and math.isclose(row["level"], level):
-            return float(row["mean"])
+            return float(row[stat])
     raise DataError(
         f"results have no sweep value for {group} at level {level} ({metric}); "
         "is the group in sweep.groups and the attack in sweep.attacks?"
     )
 
 
-def _partition_value(results: dict, metric: str, level: float | None, rule: str) -> float:
+def _partition_value(
+    results: dict, metric: str, level: float | None, rule: str, stat: str = "mean"
+) -> float:
     part = results.get("partition") or {}
     evals = part.get("planted_eval")
     if not evals:
@@ -45,7 +50,9 @@ def _partition_value(results: dict, metric: str, level: float | None, rule: str)
         raise DataError(f"rule {rule!r} was not evaluated against the planted units")
     e = by_name[rule]
     if metric == "partition_auc":
-        return float(e["roc_auc"])
+        return float(e["roc_auc" if stat == "mean" else stat])
+    if stat != "mean":
+        raise DataError(f"no confidence interval is recorded for {metric}")
     if metric == "partition_auc_margin":
         base = [x["roc_auc"] for x in evals if x["kind"] == "baseline"]
         return float(e["roc_auc"] - max(base)) if base else float("nan")
@@ -59,8 +66,8 @@ def _partition_value(results: dict, metric: str, level: float | None, rule: str)
 def observed_value(results: dict, check, rule: str) -> float:
     """The number ``check`` is judged on; DataError if the run did not compute it."""
     if check.metric.startswith("partition_"):
-        return _partition_value(results, check.metric, check.level, rule)
-    return _sweep_value(results, check.group, float(check.level), check.metric)
+        return _partition_value(results, check.metric, check.level, rule, check.stat)
+    return _sweep_value(results, check.group, float(check.level), check.metric, check.stat)
 
 
 def evaluate_check(results: dict, check, rule: str) -> dict:
@@ -75,6 +82,7 @@ def evaluate_check(results: dict, check, rule: str) -> dict:
         "group": check.group,
         "level": check.level,
         "metric": check.metric,
+        "stat": check.stat,
         "op": check.op,
         "value": check.value,
         "observed": observed,

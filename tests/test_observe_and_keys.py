@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from prm_check import pipeline
+from prm_check.errors import SpecError
 from prm_check.observe import evaluate_check, observed_value
 from prm_check.pipeline import baseline_family, stage_keys, unit_module
 from prm_check.spec import BASELINES, default_spec
@@ -13,7 +14,14 @@ from prm_check.spec.checks import CheckSpec
 RESULTS = {
     "sweep": {
         "summary": [
-            {"group": "Wsens", "level": 0.3, "metric": "delta_auc_loss", "mean": -0.02},
+            {
+                "group": "Wsens",
+                "level": 0.3,
+                "metric": "delta_auc_loss",
+                "mean": -0.02,
+                "ci_low": -0.03,
+                "ci_high": 0.001,
+            },
             {"group": "control", "level": 0.3, "metric": "delta_auc_loss", "mean": -0.005},
             {"group": "Wfunc", "level": 0.3, "metric": "delta_auc_loss", "mean": -0.01},
         ],
@@ -23,6 +31,8 @@ RESULTS = {
                 "level": 0.3,
                 "metric": "delta_auc_loss",
                 "diff": -0.015,
+                "ci_low": -0.02,
+                "ci_high": -0.004,
                 "basis": "equal_alpha",
             },
         ],
@@ -33,6 +43,8 @@ RESULTS = {
                 "name": "obd",
                 "kind": "hessian_rule",
                 "roc_auc": 0.85,
+                "ci_low": 0.81,
+                "ci_high": 0.89,
                 "wsens": [{"q": 0.05, "lift": 4.0, "precision": 0.4, "recall": 0.2}],
             },
             {"name": "weight_norm_row", "kind": "baseline", "roc_auc": 0.6, "wsens": []},
@@ -53,6 +65,36 @@ def test_observed_values_come_from_the_right_rows():
     assert observed_value(RESULTS, m, "obd") == pytest.approx(0.25)  # oracle excluded
     lift = CheckSpec(group="planted", level=0.05, metric="partition_lift", op=">=", value=2)
     assert observed_value(RESULTS, lift, "obd") == 4.0
+
+
+def test_checks_on_a_ci_bound_read_it_and_name_it():
+    c = CheckSpec(
+        group="Wsens", level=0.3, metric="delta_auc_loss", op="<", value=0.0, stat="ci_high"
+    )
+    assert c.id == "Wsens-0.3-delta_auc_loss-ci_high"
+    assert c.describe() == "ci_high(delta_auc_loss) < 0.0"
+    row = evaluate_check(RESULTS, c, "obd")  # mean -0.02 < 0, but the CI reaches +0.001
+    assert row["observed"] == 0.001 and row["passed"] is False and row["stat"] == "ci_high"
+    v = CheckSpec(
+        group="Wsens", level=0.3, metric="delta_auc_loss_vs_control", op="<", value=0,
+        stat="ci_high",
+    )  # fmt: skip
+    assert observed_value(RESULTS, v, "obd") == -0.004
+    a = CheckSpec(group="planted", metric="partition_auc", op=">=", value=0.8, stat="ci_low")
+    assert observed_value(RESULTS, a, "obd") == 0.81
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"group": "planted", "metric": "partition_auc_margin"},
+        {"group": "planted", "metric": "partition_lift", "level": 0.05},
+        {"group": "Wfunc", "metric": "delta_auc_loss_vs_control", "level": 0.3},
+    ],
+)
+def test_a_ci_bound_of_a_metric_without_a_ci_is_a_spec_error(kw):
+    with pytest.raises(SpecError, match="stat"):
+        CheckSpec(op="<", value=0.0, stat="ci_high", **kw)
 
 
 def test_missing_values_fail_the_check_with_a_reason():

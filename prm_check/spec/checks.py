@@ -47,6 +47,13 @@ PARTITION_METRICS = (
 )
 LEVELLESS_METRICS = ("partition_auc", "partition_auc_margin")
 METRICS = SWEEP_METRICS + PARTITION_METRICS
+# Which number of a metric a check reads: its point estimate, or a bound of its 95 % CI
+# ("ci_high < 0" says the decrease is resolved, not only that the mean is negative).
+STATS = ("mean", "ci_low", "ci_high")
+# Metrics with a recorded CI: every sweep mean, Wsens's *_vs_control rows (bootstrapped
+# pairwise), and the planted AUC. The margin and the Wsens lift/precision/recall have none.
+CI_METRICS = (*SWEEP_METRICS, "partition_auc")
+CI_VS_CONTROL_GROUP = "Wsens"
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -85,6 +92,7 @@ class CheckSpec:
     value: float = spec_field(check=Real())
     level: float | None = spec_field(None, Real(0.0, optional=True))
     name: str | None = spec_field(None, Text(ID_CHARS, f"an id matching {ID_CHARS}", optional=True))
+    stat: str = spec_field("mean", Choice(STATS))
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -99,19 +107,30 @@ class CheckSpec:
         if self.metric not in LEVELLESS_METRICS and self.level is None:
             what = "the q (from partition.q_grid)" if partition else "a noise level (sweep.levels)"
             raise SpecError("level", None, f"{what} for metric {self.metric!r}")
+        if self.stat != "mean":
+            no_ci = self.metric not in CI_METRICS or (
+                self.metric.endswith("_vs_control") and self.group != CI_VS_CONTROL_GROUP
+            )
+            if no_ci:
+                raise SpecError(
+                    "stat", self.stat, f"'mean': no confidence interval is recorded for "
+                    f"{self.metric} of {self.group}"
+                )  # fmt: skip
 
     @property
     def id(self) -> str:
         """Readable pytest id: ``name`` if given, else ``"Wsens-0.1-delta_auc_loss"``."""
         if self.name is not None:
             return self.name
+        stat = "" if self.stat == "mean" else f"-{self.stat}"
         if self.level is None:
-            return f"{self.group}-{self.metric}"
-        return f"{self.group}-{format_level(self.level)}-{self.metric}"
+            return f"{self.group}-{self.metric}{stat}"
+        return f"{self.group}-{format_level(self.level)}-{self.metric}{stat}"
 
     def describe(self) -> str:
-        """``"delta_auc_loss <= -0.05"`` for failure messages."""
-        return f"{self.metric} {self.op} {self.value!r}"
+        """``"delta_auc_loss <= -0.05"`` (``"ci_high(delta_auc_loss) < 0.0"``) for messages."""
+        what = self.metric if self.stat == "mean" else f"{self.stat}({self.metric})"
+        return f"{what} {self.op} {self.value!r}"
 
     def evaluate(self, observed: float) -> bool:
         """Whether ``observed`` satisfies the threshold; NaN/inf never pass."""

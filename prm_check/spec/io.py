@@ -36,8 +36,15 @@ _SKIP_DIRS = ("node_modules", "__pycache__", "site-packages", "reports")
 
 # The hypotheses of the built-in experiment (stated before running; not tuned on results).
 DEFAULT_CHECKS = (
-    CheckSpec(group="Wsens", level=0.3, metric="delta_auc_loss", op="<", value=0.0),
-    CheckSpec(group="Wsens", level=0.3, metric="delta_auc_loss_vs_control", op="<", value=0.0),
+    CheckSpec(group="Wsens", level=0.3, metric="delta_auc_loss", op="<", value=0.0, stat="ci_high"),
+    CheckSpec(
+        group="Wsens",
+        level=0.3,
+        metric="delta_auc_loss_vs_control",
+        op="<",
+        value=0.0,
+        stat="ci_high",
+    ),
     CheckSpec(group="Wsens", level=0.01, metric="rel_delta_ppl", op="<=", value=0.05),
     CheckSpec(group="planted", metric="partition_auc", op=">=", value=0.8),
     CheckSpec(group="planted", metric="partition_auc_margin", op=">", value=0.0),

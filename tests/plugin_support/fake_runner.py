@@ -58,7 +58,10 @@ def _sweep(spec: dict, shift: float) -> dict:
             strength = 0.5 if g == "Wsens" else 0.1
             for a in sw["attacks"]:
                 mean = -strength * lv + shift
-                summary.append({"group": g, "level": lv, "metric": f"delta_auc_{a}", "mean": mean})
+                summary.append(
+                    {"group": g, "level": lv, "metric": f"delta_auc_{a}", "mean": mean,
+                     "ci_low": mean - 0.01, "ci_high": mean + 0.01}
+                )  # fmt: skip
             for metric, mean in (("rel_delta_ppl", 0.1 * lv), ("delta_ppl", 3.0 * lv)):
                 summary.append({"group": g, "level": lv, "metric": metric, "mean": mean + shift})
             for d in range(sw["draws"]):
@@ -70,6 +73,8 @@ def _sweep(spec: dict, shift: float) -> dict:
             "metric": f"delta_auc_{a}",
             "basis": "equal_alpha",
             "diff": -0.4 * lv,
+            "ci_low": -0.4 * lv - 0.01,
+            "ci_high": -0.4 * lv + 0.01,
         }
         for lv in sw["levels"]
         for a in sw["attacks"]
