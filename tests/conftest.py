@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 
+# Imported once here, before any pytester inline run: pytester restores sys.modules after
+# each run, so a C extension first imported *inside* one would be dropped and re-imported
+# later ("cannot load module more than once per process"), making results depend on order.
+import numpy  # noqa: F401
 import pytest
+import torch
 from hypothesis import settings
 
 settings.register_profile("dev", max_examples=10, deadline=None)
@@ -67,7 +72,6 @@ def make_tiny_gpt2(
     seed: int = 0, hidden: int = 8, layers: int = 1, heads: int = 2, vocab: int = 16, dtype=None
 ):
     """A random GPT-2 with eager attention (Conv1D layers)."""
-    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
