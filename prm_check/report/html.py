@@ -255,6 +255,12 @@ def _sweep(results: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
+def _stat_of(check: Mapping[str, Any]) -> str:
+    """``delta_auc_loss``, or ``ci_high(delta_auc_loss)`` when a CI bound is judged."""
+    stat = check.get("stat") or "mean"
+    return str(check.get("metric")) if stat == "mean" else f"{stat}({check.get('metric')})"
+
+
 def _checks(results: Mapping[str, Any]) -> str:
     checks = results.get("checks")
     if not checks:
@@ -263,7 +269,7 @@ def _checks(results: Mapping[str, Any]) -> str:
     rows = [
         (
             c.get("id"),
-            f"{c.get('metric')} {c.get('op')} {c.get('value')}",
+            f"{_stat_of(c)} {c.get('op')} {c.get('value')}",
             _f(c.get("observed")),
             _verdict(c.get("passed")),
         )
