@@ -145,6 +145,11 @@ def partition(_prm_ctx: ItemContext) -> None:
     for e in sec.get("planted_eval") or []:
         if e.get("name") == rule:
             ctx.metric("planted_roc_auc", e.get("roc_auc"))
+    if sec.get("planted_eval"):
+        verdict = sec.get("planted_verdict") or {}
+        require([not verdict.get("finding") and "no planted verdict"], "partition is not usable")
+        for key in ("best_hessian_rule", "best_baseline"):
+            ctx.metric(f"{key}_auc", (verdict.get(key) or {}).get("roc_auc"))
 
 
 def sweep(_prm_ctx: ItemContext) -> None:

@@ -115,7 +115,19 @@ def _section(stage: str, spec: dict, shift: float) -> dict:
             {"name": "weight_norm_row", "kind": "baseline", "roc_auc": 0.6, "wsens": []},
         ]
         counts = {"Wfunc": 5, "Wsens": 5, "Wboth": 1, "Wnone": 89, "control": 5}
-        return {"data": "real", "fake": True, "rule": rule, "counts": counts, "planted_eval": evals}
+        verdict = {
+            "finding": "fake: the rule wins",
+            "best_hessian_rule": {"name": rule, "roc_auc": 0.9 + shift},
+            "best_baseline": {"name": "weight_norm_row", "roc_auc": 0.6},
+        }
+        return {
+            "data": "real",
+            "fake": True,
+            "rule": rule,
+            "counts": counts,
+            "planted_eval": evals,
+            "planted_verdict": verdict,
+        }
     if stage == "sweep":
         return _sweep(spec, shift)
     if stage == "fidelity":
