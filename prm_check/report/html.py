@@ -38,6 +38,7 @@ from prm_check.report.store import (
     read_units_csv,
     safe_child,
 )
+from prm_check.spec.checks import stat_label
 
 INDEX = "index.html"
 TMP_PREFIX = ".report-"
@@ -255,12 +256,6 @@ def _sweep(results: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-def _stat_of(check: Mapping[str, Any]) -> str:
-    """``delta_auc_loss``, or ``ci_high(delta_auc_loss)`` when a CI bound is judged."""
-    stat = check.get("stat") or "mean"
-    return str(check.get("metric")) if stat == "mean" else f"{stat}({check.get('metric')})"
-
-
 def _checks(results: Mapping[str, Any]) -> str:
     checks = results.get("checks")
     if not checks:
@@ -269,7 +264,8 @@ def _checks(results: Mapping[str, Any]) -> str:
     rows = [
         (
             c.get("id"),
-            f"{_stat_of(c)} {c.get('op')} {c.get('value')}",
+            f"{stat_label(str(c.get('metric')), c.get('stat') or 'mean')} {c.get('op')} "
+            f"{c.get('value')}",
             _f(c.get("observed")),
             _verdict(c.get("passed")),
         )

@@ -72,6 +72,11 @@ def metric_attack(metric: str) -> str | None:
     return metric.removeprefix("delta_auc_").removesuffix("_vs_control")
 
 
+def stat_label(metric: str, stat: str = "mean") -> str:
+    """``delta_auc_loss``, or ``ci_high(delta_auc_loss)`` when a CI bound is judged."""
+    return metric if stat == "mean" else f"{stat}({metric})"
+
+
 def format_level(level: float) -> str:
     """Shortest exact text of a level for ids: ``0.1 -> '0.1'``, ``0.0 -> '0.0'``."""
     return repr(float(level))
@@ -129,8 +134,7 @@ class CheckSpec:
 
     def describe(self) -> str:
         """``"delta_auc_loss <= -0.05"`` (``"ci_high(delta_auc_loss) < 0.0"``) for messages."""
-        what = self.metric if self.stat == "mean" else f"{self.stat}({self.metric})"
-        return f"{what} {self.op} {self.value!r}"
+        return f"{stat_label(self.metric, self.stat)} {self.op} {self.value!r}"
 
     def evaluate(self, observed: float) -> bool:
         """Whether ``observed`` satisfies the threshold; NaN/inf never pass."""
